@@ -1,0 +1,270 @@
+"""The one interface every erasure method, analysis and metric uses to talk to a model.
+
+A scale-wise ("next-scale prediction") text-to-image model generates token maps
+``r_0 … r_{S-1}`` of sizes ``schedule[k] = (h_k, w_k)``, coarse to fine; ``L = Σ h_k·w_k``.
+
+Token kinds:
+
+* ``"bitwise"`` (Infinity): a token is ``d = bits`` bits; logits are ``[B, L, d, 2]`` and a map
+  of scale ``k`` is a ``{0,1}`` tensor ``[B, h_k, w_k, d]``.
+* ``"index"`` (VAR, Switti): a token is one of ``V = vocab_size`` codes; logits ``[B, L, V]``,
+  maps ``[B, h_k, w_k]`` of code indices.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from varerase.errors import ConfigError
+
+TokenKind = Literal["bitwise", "index"]
+Schedule = list[tuple[int, int]]
+
+
+@dataclass
+class TextCondition:
+    """Encoded prompts: padded token features and their mask.
+
+    ``features``: ``[B, T, C_text]`` float; ``mask``: ``[B, T]`` bool, True for real tokens
+    (at least one per row). Pooling (Infinity's attentive pool) is the model's job, so no pooled
+    vector is carried here.
+    """
+
+    features: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.features.shape[:2] != self.mask.shape:
+            raise ValueError(f"features {tuple(self.features.shape)} and mask {tuple(self.mask.shape)} disagree")
+
+    @property
+    def batch_size(self) -> int:
+        return self.features.shape[0]
+
+    def to(self, device: torch.device | str) -> "TextCondition":
+        return TextCondition(self.features.to(device), self.mask.to(device))
+
+    def select(self, index: torch.Tensor | slice | list[int]) -> "TextCondition":
+        """Rows ``index`` of the batch."""
+        return TextCondition(self.features[index], self.mask[index])
+
+    @staticmethod
+    def cat(conditions: Sequence["TextCondition"]) -> "TextCondition":
+        """Concatenate along the batch, padding token axes to the longest."""
+        longest = max(c.features.shape[1] for c in conditions)
+        feats, masks = [], []
+        for c in conditions:
+            pad = longest - c.features.shape[1]
+            feats.append(nn.functional.pad(c.features, (0, 0, 0, pad)))
+            masks.append(nn.functional.pad(c.mask, (0, pad), value=False))
+        return TextCondition(torch.cat(feats), torch.cat(masks))
+
+
+@dataclass
+class SamplerConfig:
+    """How a model samples: classifier-free guidance and per-scale sampling settings.
+
+    ``cfg`` and ``temperature`` take one value for every scale or one per scale. CFG acts on
+    logits in Infinity's form ``cfg·z(c) + (1−cfg)·z(∅)``; ``cfg = 1`` skips the unconditional
+    pass. ``top_k``/``top_p`` apply per unit (per bit for bitwise models); 0 disables each.
+    """
+
+    cfg: float | Sequence[float] = 3.0
+    temperature: float | Sequence[float] = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("cfg", "temperature"):
+            values = getattr(self, name)
+            values = [values] if isinstance(values, (int, float)) else list(values)
+            if any(v < 0 for v in values):
+                raise ConfigError(f"{name} must be ≥ 0, got {values}")
+            if name == "temperature" and any(v == 0 for v in values):
+                raise ConfigError("temperature must be > 0")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be ≥ 0, got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in [0, 1], got {self.top_p}")
+
+    def _per_scale(self, value: float | Sequence[float], num_scales: int, name: str) -> list[float]:
+        if isinstance(value, (int, float)):
+            return [float(value)] * num_scales
+        values = [float(v) for v in value]
+        if len(values) < num_scales:
+            raise ConfigError(f"{name} lists {len(values)} values but the schedule has {num_scales} scales")
+        return values[:num_scales]
+
+    def cfgs(self, num_scales: int) -> list[float]:
+        """Guidance per scale."""
+        return self._per_scale(self.cfg, num_scales, "cfg")
+
+    def temperatures(self, num_scales: int) -> list[float]:
+        """Temperature per scale."""
+        return self._per_scale(self.temperature, num_scales, "temperature")
+
+
+@dataclass
+class Generation:
+    """What :meth:`ScaleWiseModel.generate` returns.
+
+    ``maps[k]``: sampled map of scale ``k`` (``[B, h_k, w_k, d]`` bits or ``[B, h_k, w_k]``
+    indices). ``logits[k]``: the CFG-combined logits ``z_γ`` the sampler drew from at scale ``k``
+    (before temperature and top-k/top-p), ``[B, h_k·w_k, d, 2]`` or ``[B, h_k·w_k, V]``.
+    ``images``: ``[B, 3, H, W]`` in ``[0, 1]``, or None when not decoded.
+    """
+
+    maps: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    images: torch.Tensor | None = None
+
+    def all_logits(self) -> torch.Tensor:
+        """Logits of every position, ``[B, L, …]``."""
+        return torch.cat(self.logits, dim=1)
+
+
+# A switch of condition: from scale ``k`` on, generate with ``condition`` (ISSA uses this).
+@dataclass
+class ConditionSwitch:
+    scale: int
+    condition: TextCondition
+
+
+# Replaces the scale-0 logits of each branch (SACE's scale-gated adapter). Takes the batched
+# condition ([cond; uncond] when CFG is on) and returns raw logits ``[B', 1, …]``.
+FirstScaleOverride = Callable[[TextCondition], torch.Tensor]
+
+
+class ScaleWiseModel(nn.Module, abc.ABC):
+    """A scale-wise text-to-image model as methods see it.
+
+    Implementations keep their condition dropout off in this interface: teacher forcing and
+    sampling are deterministic given their inputs and seed.
+    """
+
+    schedule: Schedule
+    token_kind: TokenKind
+    bits: int = 0
+    vocab_size: int = 0
+    _text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    # --- text -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _encode_text_uncached(self, prompts: list[str]) -> TextCondition:
+        """Encode prompts with the model's text encoder: ``[B, T, C]`` features and mask."""
+
+    def encode_text(self, prompts: Sequence[str]) -> TextCondition:
+        """Encode ``prompts`` (cached per prompt string). Returns a ``TextCondition`` of batch ``len(prompts)``."""
+        if isinstance(prompts, str):
+            raise TypeError("encode_text takes a list of prompts, not a single string")
+        if not hasattr(self, "_text_cache"):
+            self._text_cache = {}
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            encoded = self._encode_text_uncached(missing)
+            for i, p in enumerate(missing):
+                n = int(encoded.mask[i].sum())
+                self._text_cache[p] = (encoded.features[i, :n].detach(), encoded.mask[i, :n].detach())
+        rows = [self._text_cache[p] for p in prompts]
+        return TextCondition.cat([TextCondition(f[None], m[None]) for f, m in rows]).to(self.device)
+
+    @abc.abstractmethod
+    def null_condition(self, like: TextCondition) -> TextCondition:
+        """The model's own unconditional condition ``∅`` with the batch size and token lengths of ``like``."""
+
+    # --- forward passes -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits of all ``L`` positions given ground-truth ``maps`` as context (one pass, block-causal).
+
+        ``maps``: one tensor per scale (see module doc). Returns ``[B, L, d, 2]`` or ``[B, L, V]``.
+        """
+
+    @abc.abstractmethod
+    def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
+        """Scale-0 logits from the text alone (a one-position pass): ``[B, 1, d, 2]`` or ``[B, 1, V]``."""
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        cond: TextCondition,
+        sampler: SamplerConfig,
+        seed: int | None = None,
+        *,
+        switch: ConditionSwitch | None = None,
+        first_scale_override: FirstScaleOverride | None = None,
+        decode: bool = True,
+    ) -> Generation:
+        """KV-cached sampling of all scales (see :class:`Generation`).
+
+        ``seed`` fixes the sampling noise (same seed, same condition → same maps on one machine).
+        ``switch`` changes the condition from a given scale on; ``first_scale_override`` supplies
+        the scale-0 logits of each branch while everything cached comes from the model itself.
+        """
+
+    @abc.abstractmethod
+    def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Tokenizer decoder: maps of every scale → images ``[B, 3, H, W]`` in ``[0, 1]``."""
+
+    @abc.abstractmethod
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        """Named groups of submodules methods choose to train or edit.
+
+        At least ``self_attn``, ``cross_attn``, ``ffn``, ``text_proj``, ``start_token``, ``norms``, ``head``.
+        """
+
+    # --- conveniences -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def num_tokens(self) -> int:
+        """``L``: tokens over all scales."""
+        return sum(h * w for h, w in self.schedule)
+
+    def units_per_token(self) -> int:
+        """``d`` for bitwise models, 1 for index models."""
+        return self.bits if self.token_kind == "bitwise" else 1
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and schedule: names a model in caches and result files."""
+        import hashlib
+
+        h = hashlib.sha256(repr(self.schedule).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            t = tensor.detach().float().cpu().flatten()
+            # Hash a strided sample plus sums: exact enough to tell edits apart, cheap for 2B models.
+            h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
+            h.update(repr(float(t.double().sum())).encode())
+        return h.hexdigest()[:16]
+
+
+def module_group_parameters(model: ScaleWiseModel, groups: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters of the chosen ``module_groups`` (names as in ``model.named_parameters()``)."""
+    available = model.module_groups()
+    unknown = [g for g in groups if g not in available]
+    if unknown:
+        raise ConfigError(f"unknown module group(s) {unknown}; known: {sorted(available)}")
+    wanted = {id(p) for g in groups for m in available[g] for p in m.parameters()}
+    return [(n, p) for n, p in model.named_parameters() if id(p) in wanted]
+
+
+@dataclass
+class ForwardCounter:
+    """Counts token positions pushed through the transformer (the erasure benchmark's compute measure)."""
+
+    tokens: int = 0
+    passes: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, tokens: int) -> None:
+        self.tokens += tokens
+        self.passes += 1
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + tokens

@@ -1,0 +1,102 @@
+"""Official Infinity transformer checkpoints and presets.
+
+Infinity-2B ships as one ``.pth`` state dict (``infinity_2b_reg.pth``); Infinity-8B as sharded
+safetensors with ``model.safetensors.index.json``. Both store blocks as
+``block_chunks.{c}.module.{j}.*``; we keep a flat ``blocks.{i}`` with ``i = c·(depth/chunks) + j``.
+Loading is strict: any missing, unexpected or mis-shaped key is an error that lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from varerase.errors import CheckpointError
+from varerase.models.infinity.model import load_strict
+from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
+from varerase.models.schedule import infinity_schedule
+
+# Buffers some official checkpoints carry that are not weights (the official loader drops them too).
+_NON_WEIGHT_KEYS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"}
+_CHUNKED = re.compile(r"^block_chunks\.(\d+)\.module\.(\d+)\.(.*)$")
+
+
+def infinity_2b_config(pixels: str = "1M", aspect_ratio: float = 1.0) -> InfinityConfig:
+    """Infinity-2B: depth 32, width 2048, 16 heads, Flan-T5-XL text (2048), 32-bit tokens."""
+    return InfinityConfig(
+        depth=32, width=2048, num_heads=16, text_channels=2048, text_max_length=512, bits=32,
+        schedule=infinity_schedule(pixels, aspect_ratio), block_chunks=8,
+    )
+
+
+def infinity_8b_config(pixels: str = "1M", aspect_ratio: float = 1.0) -> InfinityConfig:
+    """Infinity-8B: depth 40, width 3584, 28 heads, 56-bit tokens (2×2 patches of a 14-bit, stride-8 tokenizer)."""
+    return InfinityConfig(
+        depth=40, width=3584, num_heads=28, text_channels=2048, text_max_length=512, bits=56, patchify=True,
+        schedule=infinity_schedule(pixels, aspect_ratio), block_chunks=8,
+    )
+
+
+PRESETS = {"infinity-2b": infinity_2b_config, "infinity-8b": infinity_8b_config}
+
+
+def official_key_to_ours(key: str, config: InfinityConfig) -> str:
+    """Map an official state-dict key to ours (``block_chunks.c.module.j`` → ``blocks.i``)."""
+    match = _CHUNKED.match(key)
+    if match is None:
+        return key
+    chunk, index, rest = int(match[1]), int(match[2]), match[3]
+    return f"blocks.{chunk * (config.depth // config.block_chunks) + index}.{rest}"
+
+
+def our_key_to_official(key: str, config: InfinityConfig) -> str:
+    """Inverse of :func:`official_key_to_ours` (used to export and in tests)."""
+    match = re.match(r"^blocks\.(\d+)\.(.*)$", key)
+    if match is None or config.block_chunks <= 1:
+        return key
+    per_chunk = config.depth // config.block_chunks
+    i = int(match[1])
+    return f"block_chunks.{i // per_chunk}.module.{i % per_chunk}.{match[2]}"
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an official checkpoint: a ``.pth`` file (``weights_only=True``) or a folder / index of safetensors shards."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir() or path.name.endswith(".index.json"):
+        index_path = path / "model.safetensors.index.json" if path.is_dir() else path
+        if not index_path.exists():
+            shards = sorted(path.glob("*.safetensors"))
+            if not shards:
+                raise CheckpointError(f"{path} holds neither model.safetensors.index.json nor *.safetensors files")
+        else:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+            shards = sorted({index_path.parent / name for name in weight_map.values()})
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(shard))
+        return state
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or non-tensor pickle: say which file, not where torch failed
+        raise CheckpointError(f"could not read {path} as a weights-only PyTorch checkpoint: {error}") from error
+    # Full training checkpoints nest the model under trainer → gpt_fsdp (the released slim files do not).
+    if isinstance(state, dict) and "trainer" in state:
+        state = state["trainer"].get("gpt_fsdp", state["trainer"])
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_official_transformer(transformer: InfinityTransformer, path: str | Path) -> None:
+    """Load official Infinity weights into ``transformer`` strictly (see module docstring)."""
+    raw = read_official_state_dict(path)
+    state = {official_key_to_ours(k, transformer.config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
+    load_strict(transformer, state, path)

@@ -1,0 +1,250 @@
+"""Infinity behind the :class:`~varerase.models.base.ScaleWiseModel` interface.
+
+An :class:`InfinityModel` joins the transformer, the bitwise multi-scale VAE and a text encoder
+(Flan-T5 for the official models, MiniLM for the built-in tiny one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from varerase.errors import CheckpointError
+from varerase.models.base import (
+    ConditionSwitch,
+    FirstScaleOverride,
+    Generation,
+    SamplerConfig,
+    ScaleWiseModel,
+    TextCondition,
+)
+from varerase.models.infinity.bsq import CodeAccumulator, unpatchify_bits
+from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, PreparedCondition
+from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig
+from varerase.models.sampling import cfg_combine, sample_units
+from varerase.models.text import TextEncoder, TextEncoderConfig
+
+
+class InfinityModel(ScaleWiseModel):
+    """Infinity (transformer + bitwise VAE + text encoder) as a :class:`ScaleWiseModel`.
+
+    ``autocast_dtype`` ("bfloat16"/"float16") runs the transformer under ``torch.autocast``;
+    norms, RoPE and the head stay in float32 as in the official code.
+    """
+
+    token_kind = "bitwise"
+
+    def __init__(
+        self,
+        transformer: InfinityTransformer,
+        vae: BitwiseVAE | None,
+        text_encoder: TextEncoder | None,
+        autocast_dtype: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.schedule = list(transformer.config.schedule)
+        self.bits = transformer.config.bits
+        self.autocast_dtype = autocast_dtype
+        self._text_cache = {}
+
+    @property
+    def config(self) -> InfinityConfig:
+        return self.transformer.config
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.autocast_dtype is None:
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=getattr(torch, self.autocast_dtype)):
+            yield
+
+    # --- text --------------------------------------------------------------------------------
+    def _encode_text_uncached(self, prompts: list[str]) -> TextCondition:
+        if self.text_encoder is None:
+            raise RuntimeError("this model has no text encoder; pass TextCondition objects instead of prompts")
+        with torch.no_grad():
+            return self.text_encoder.encode(prompts)
+
+    def null_condition(self, like: TextCondition) -> TextCondition:
+        """Infinity's learned ``cfg_uncond`` with the token lengths of ``like``."""
+        return self.transformer.null_features(like)
+
+    # --- forward passes -----------------------------------------------------------------------
+    def prepare(self, cond: TextCondition) -> PreparedCondition:
+        """The transformer's text path for ``cond`` (exposed for methods that reuse it)."""
+        with self._autocast():
+            return self.transformer.prepare_condition(cond.to(self.device))
+
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """See :meth:`ScaleWiseModel.teacher_forced_logits`; returns ``[B, L, d, 2]`` float32."""
+        if len(maps) != len(self.schedule):
+            raise ValueError(f"got {len(maps)} maps for a {len(self.schedule)}-scale schedule")
+        with self._autocast():
+            prepared = self.transformer.prepare_condition(cond.to(self.device))
+            return self.transformer.teacher_forced_logits(prepared, [m.to(self.device) for m in maps]).float()
+
+    def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
+        """See :meth:`ScaleWiseModel.first_scale_logits`; returns ``[B, 1, d, 2]`` float32."""
+        with self._autocast():
+            prepared = self.transformer.prepare_condition(cond.to(self.device))
+            return self.transformer.first_scale_logits(prepared).float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        cond: TextCondition,
+        sampler: SamplerConfig,
+        seed: int | None = None,
+        *,
+        switch: ConditionSwitch | None = None,
+        first_scale_override: FirstScaleOverride | None = None,
+        decode: bool = True,
+    ) -> Generation:
+        """KV-cached sampling (see :meth:`ScaleWiseModel.generate`).
+
+        With guidance the conditional and unconditional branches run as one batch of ``2B``;
+        ``cfg = 1`` at every scale runs the conditional branch alone.
+        """
+        cond = cond.to(self.device)
+        B = cond.batch_size
+        num_scales = len(self.schedule)
+        cfgs, temps = sampler.cfgs(num_scales), sampler.temperatures(num_scales)
+        guided = any(c != 1 for c in cfgs)
+
+        def batched(c: TextCondition) -> TextCondition:
+            return TextCondition.cat([c, self.null_condition(c)]) if guided else c
+
+        branch_conditions = [batched(cond)]
+        if switch is not None:
+            if not 0 <= switch.scale <= num_scales:
+                raise ValueError(f"switch scale {switch.scale} outside 0..{num_scales}")
+            branch_conditions.append(batched(switch.condition.to(self.device)))
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+
+        maps, logits_per_scale = [], []
+        caches: list = [None] * len(self.transformer.blocks)
+        accumulator = CodeAccumulator(self.schedule, self.config.patchify)
+        with self._autocast():
+            prepared = [self.transformer.prepare_condition(c) for c in branch_conditions]
+            x = None
+            for k, (h, w) in enumerate(self.schedule):
+                active = 1 if switch is not None and k >= switch.scale else 0
+                condition = prepared[active]
+                if k == 0:
+                    x = self.transformer.start_embedding(condition)
+                raw = self.transformer.scale_step(x, condition, k, caches).float()
+                if k == 0 and first_scale_override is not None:
+                    raw = first_scale_override(branch_conditions[active]).float()
+                combined = cfg_combine(raw[:B], raw[B:], cfgs[k]) if guided else raw
+                logits_per_scale.append(combined)
+                bits = sample_units(combined, temps[k], sampler.top_k, sampler.top_p, generator)
+                token_map = bits.view(B, h, w, self.bits)
+                maps.append(token_map)
+                if k + 1 < num_scales:
+                    accumulator.add(token_map)
+                    nxt = self.transformer.word_embed(accumulator.next_input(k + 1).to(x.dtype))
+                    x = torch.cat([nxt, nxt]) if guided else nxt
+        images = self.decode(maps) if decode else None
+        return Generation(maps=maps, logits=logits_per_scale, images=images)
+
+    @torch.no_grad()
+    def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Token maps → images ``[B, 3, H, W]`` in ``[0, 1]`` through the VAE decoder."""
+        if self.vae is None:
+            raise RuntimeError("this model has no VAE; load one to decode images")
+        bits = [unpatchify_bits(m) if self.config.patchify else m for m in maps]
+        images = self.vae.decode_maps([b.to(self.device) for b in bits])
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        """Groups of the transformer (see :meth:`ScaleWiseModel.module_groups`).
+
+        ``cross_attn`` holds q, kv, the value bias and the output projection of every block
+        (what S-VARE's reference code trains, with ``ffn``); ``start_token`` is the attentive pool
+        that turns the text into the scale-0 input and the AdaLN condition.
+        """
+        t = self.transformer
+        return {
+            "self_attn": [b.sa for b in t.blocks],
+            "cross_attn": [b.ca for b in t.blocks],
+            "ffn": [b.ffn for b in t.blocks],
+            "norms": [t.text_norm] + [b.ca_norm for b in t.blocks],
+            "adaln": [t.shared_ada_lin, t.head_nm],
+            "text_proj": [t.text_proj_for_ca],
+            "start_token": [t.text_proj_for_sos],
+            "embeddings": [t.word_embed, t.lvl_embed],
+            "head": [t.head],
+        }
+
+    def state_dict_for_edit(self) -> dict[str, torch.Tensor]:
+        """Trainable weights only (the transformer): what edits change and save."""
+        return {f"transformer.{k}": v for k, v in self.transformer.state_dict().items()}
+
+    # --- our own format -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json``, ``transformer.safetensors`` and ``vae.safetensors`` (safetensors only)."""
+        from varerase.io import atomic_write_json, atomic_save_safetensors
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"transformer": asdict(self.config), "autocast_dtype": self.autocast_dtype}
+        if self.vae is not None:
+            config["vae"] = asdict(self.vae.config)
+            atomic_save_safetensors(self.vae.state_dict(), directory / "vae.safetensors")
+        if self.text_encoder is not None:
+            config["text_encoder"] = asdict(self.text_encoder.config)
+        atomic_save_safetensors(self.transformer.state_dict(), directory / "transformer.safetensors")
+        atomic_write_json(config, directory / "config.json")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        text_encoder: TextEncoder | None = None,
+        device: str | torch.device = "cpu",
+    ) -> "InfinityModel":
+        """Load what :meth:`save_pretrained` wrote (strict). ``text_encoder`` overrides the saved reference."""
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.exists():
+            raise CheckpointError(f"{directory} holds no config.json; expected a folder written by save_pretrained")
+        config = json.loads(config_path.read_text())
+        transformer = InfinityTransformer(InfinityConfig(**config["transformer"]))
+        load_strict(transformer, load_file(directory / "transformer.safetensors"), directory / "transformer.safetensors")
+        vae = None
+        if "vae" in config and (directory / "vae.safetensors").exists():
+            vae = BitwiseVAE(BitwiseVAEConfig(**config["vae"]))
+            load_strict(vae, load_file(directory / "vae.safetensors"), directory / "vae.safetensors")
+        if text_encoder is None and "text_encoder" in config:
+            text_encoder = TextEncoder.from_config(TextEncoderConfig(**config["text_encoder"]))
+        model = cls(transformer, vae, text_encoder, config.get("autocast_dtype"))
+        return model.to(device).eval().requires_grad_(False)
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``module`` requiring the exact key set and shapes; errors list every mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"checkpoint {source} does not match the model:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:20]) + (f", … ({len(items) - 20} more)" if len(items) > 20 else "")
+                parts.append(f"  {len(items)} {title}: {shown}")
+        raise CheckpointError("\n".join(parts))
+    module.load_state_dict(state, strict=True)

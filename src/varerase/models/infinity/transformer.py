@@ -1,0 +1,388 @@
+"""Infinity's bitwise next-scale transformer, written from the official model's description.
+
+What is ported (module names follow the official checkpoints so weights load one-to-one):
+
+* text path: ``text_norm`` (RMS norm over Flan-T5 features), ``text_proj_for_sos`` (attentive
+  pool with one learned query → start token and AdaLN condition), ``text_proj_for_ca``
+  (Linear–GELU–Linear → cross-attention keys/values), the learned unconditional text ``cfg_uncond``;
+* ``pos_start``, ``lvl_embed`` (added before the first block only), ``word_embed`` (bits → width);
+* blocks: AdaLN self-attention with cosine attention (per-head learnable scale, clamped at
+  ln 100), q/v biases and 2-D RoPE on every layer (positions normalised to the reference grid);
+  cross-attention to the text with a value bias (``ca_norm`` LayerNorm before it); AdaLN FFN
+  (GELU-tanh); shared AdaLN (``shared_ada_lin``) plus a learned per-block offset ``ada_gss``;
+* head: AdaLN before head, ``Linear(C, 2d)``: ``d`` two-way logits per token (bit ``b`` is
+  logits ``[2b, 2b+1]``, class 1 = bit set).
+
+Deliberate differences from the official code (its known traps): RoPE offsets always follow
+the scale index (its non-fused path forgets it), condition dropout never runs outside an explicit
+training call, the caller's text tensor is never overwritten, any prefix of the schedule can be
+computed (scale 0 alone is one position), and loading is strict (see ``checkpoint.py``).
+Attention runs through ``scaled_dot_product_attention`` with padded text and a key mask instead
+of flash-attn's packed varlen kernels (same result up to dtype).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from varerase.models.base import TextCondition
+from varerase.models.infinity.bsq import teacher_forcing_inputs
+from varerase.models.schedule import Schedule, block_causal_mask, rope_reference_grid, scale_offsets, token_levels
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]
+
+
+@dataclass
+class InfinityConfig:
+    """Hyperparameters of the transformer (defaults: Infinity-2B at 1024² and 1:1)."""
+
+    depth: int = 32
+    width: int = 2048
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    text_channels: int = 2048
+    text_max_length: int = 512
+    # Heads of the attentive text pool; None = the official rule (text_channels // 128, or // 64 when width > 4096).
+    text_pool_heads: int | None = None
+    bits: int = 32  # bits per transformer token (4× the tokenizer's with spatial patchify)
+    patchify: bool = False
+    schedule: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)])
+    block_chunks: int = 8  # only shapes the official checkpoint's key names
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    num_level_embeddings: int = 15
+    drop_path_rate: float = 0.0  # active in train() mode only
+    ffn_multiple: int = 256  # the FFN width is rounded to a multiple of this (official: 256)
+
+    def __post_init__(self) -> None:
+        self.schedule = [tuple(s) for s in self.schedule]
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if (self.width // self.num_heads) % 4:
+            raise ValueError("head dimension must be divisible by 4 for 2-D RoPE")
+        if self.width % self.pool_heads:
+            raise ValueError(f"width {self.width} is not divisible by the text pool's {self.pool_heads} heads")
+        if self.block_chunks < 1 or self.depth % self.block_chunks:
+            raise ValueError(f"depth {self.depth} is not divisible into {self.block_chunks} block chunks")
+        if len(self.schedule) > self.num_level_embeddings:
+            raise ValueError(f"schedule has {len(self.schedule)} scales but only {self.num_level_embeddings} level embeddings")
+
+    @property
+    def pool_heads(self) -> int:
+        if self.text_pool_heads is not None:
+            return self.text_pool_heads
+        return self.text_channels // (64 if self.width > 4096 else 128)
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = round(self.width * self.mlp_ratio / self.ffn_multiple) * self.ffn_multiple
+        if hidden <= 0:
+            raise ValueError(f"FFN width rounds to 0: lower ffn_multiple ({self.ffn_multiple}) or raise mlp_ratio")
+        return hidden
+
+
+class RMSNorm(nn.Module):
+    """RMS norm computed in float32 (Infinity's ``FastRMSNorm``)."""
+
+    def __init__(self, channels: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples' residual branches with probability ``rate``."""
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - rate)
+    return x * keep / (1 - rate)
+
+
+def rope_tables(schedule: Sequence[tuple[int, int]], head_dim: int, theta: float) -> torch.Tensor:
+    """2-D RoPE cos/sin for every position of ``schedule``: ``[2, L, head_dim // 2]``.
+
+    Half of the rotary pairs encode the row, half the column; positions of a ``h×w`` map are
+    scaled to the reference grid and rounded, as in Infinity's ``rope2d_normalized_by_hw=2``.
+    """
+    half = head_dim // 2
+    inv_freq = 1.0 / (theta ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
+    ref_h, ref_w = rope_reference_grid(schedule)
+    tables = []
+    for h, w in schedule:
+        rows = (torch.arange(h) * (ref_h / h)).round().float()
+        cols = (torch.arange(w) * (ref_w / w)).round().float()
+        freq_h = torch.outer(rows, inv_freq)[:, None, :].expand(h, w, -1)
+        freq_w = torch.outer(cols, inv_freq)[None, :, :].expand(h, w, -1)
+        angles = torch.cat([freq_h, freq_w], dim=-1).reshape(h * w, half)
+        tables.append(torch.stack([angles.cos(), angles.sin()]))
+    return torch.cat(tables, dim=1)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, N, hd]`` by ``table [2, N, hd/2]`` (pairs of adjacent channels), in float32."""
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos, sin = table[0], table[1]
+    rotated = torch.stack([cos * xf[..., 0] - sin * xf[..., 1], sin * xf[..., 0] + cos * xf[..., 1]], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Cosine self-attention with q/v biases, 2-D RoPE and an optional KV cache."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+        self.max_scale_mul = math.log(100)
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``x [B, N, C]``, ``rope [2, N, hd/2]``, ``mask [N, N_past + N]`` bool or None.
+
+        Returns the output ``[B, N, C]`` and the keys/values to cache (past + new).
+        """
+        B, N, C = x.shape
+        bias = torch.cat([self.q_bias, self.zero_k_bias, self.v_bias])
+        q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
+        q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
+        k = F.normalize(k, dim=-1, eps=1e-12)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=1.0)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C)), (k, v)
+
+
+class CrossAttention(nn.Module):
+    """Attention from image tokens (or one learned query, for pooling) to text tokens, value bias only."""
+
+    def __init__(self, width: int, kv_channels: int, num_heads: int, learned_query: bool = False) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        if learned_query:
+            query = torch.empty(1, num_heads, self.head_dim)
+            nn.init.trunc_normal_(query, std=math.sqrt(1 / width / 3))
+            self.mat_q = nn.Parameter(query)
+        else:
+            self.mat_q = nn.Linear(width, width)
+        self.mat_kv = nn.Linear(kv_channels, 2 * width, bias=False)
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor | None, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """``x [B, N, C]`` (None with a learned query → N = 1), ``text [B, T, C_kv]``, ``text_mask [B, T]`` → ``[B, N, C]``."""
+        B, T, _ = text.shape
+        kv = F.linear(text, self.mat_kv.weight, torch.cat([self.zero_k_bias, self.v_bias]))
+        k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if isinstance(self.mat_q, nn.Parameter):
+            q = self.mat_q.to(k.dtype).unsqueeze(2).expand(B, -1, -1, -1)
+        else:
+            q = self.mat_q(x).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(B, -1, self.num_heads * self.head_dim))
+
+
+class TextAttentivePool(nn.Module):
+    """Pools text tokens into one vector with a learned query: the start token and AdaLN condition."""
+
+    def __init__(self, text_channels: int, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.ca = CrossAttention(width, text_channels, num_heads, learned_query=True)
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C_text]`` → ``[B, C]``."""
+        return self.ca(None, text, text_mask).squeeze(1)
+
+
+class FFN(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def adaptive_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm without affine, then ``·(1 + scale) + shift`` (float32)."""
+    return F.layer_norm(x.float(), x.shape[-1:], eps=eps) * (1 + scale) + shift
+
+
+class CrossAttnBlock(nn.Module):
+    """AdaLN self-attention → cross-attention to text → AdaLN FFN."""
+
+    def __init__(self, config: InfinityConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        width = config.width
+        self.eps = config.norm_eps
+        self.drop_path_rate = drop_path_rate
+        self.sa = SelfAttention(width, config.num_heads)
+        self.ca = CrossAttention(width, width, config.num_heads)
+        self.ffn = FFN(width, config.ffn_hidden)
+        self.ca_norm = nn.LayerNorm(width, eps=config.norm_eps)
+        self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, width) / width**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        shared_gss: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        rope: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``x [B, N, C]``, ``shared_gss [B, 1, 6, C]``, ``text [B, T, C]`` → ``[B, N, C]`` and the new KV cache."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + shared_gss).unbind(2)
+        attn, cache = self.sa(adaptive_layer_norm(x, scale1, shift1, self.eps), rope, mask, past)
+        x = x + drop_path(attn * gamma1, self.drop_path_rate, self.training)
+        x = x + self.ca(self.ca_norm(x), text, text_mask).float()
+        x = x + drop_path(self.ffn(adaptive_layer_norm(x, scale2, shift2, self.eps)) * gamma2, self.drop_path_rate, self.training)
+        return x, cache
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(cond).view(cond.shape[0], 1, 2, -1).unbind(2)
+        return adaptive_layer_norm(x, scale, shift, self.eps)
+
+
+@dataclass
+class PreparedCondition:
+    """A text condition after the model's text path.
+
+    ``pooled [B, C]`` (start token and head condition), ``shared_gss [B, 1, 6, C]`` (shared
+    AdaLN), ``text [B, T, C]`` and ``text_mask [B, T]`` (cross-attention keys/values source).
+    """
+
+    pooled: torch.Tensor
+    shared_gss: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+
+
+class InfinityTransformer(nn.Module):
+    """The transformer of Infinity (see module docstring). Computes logits; sampling lives in ``model.py``."""
+
+    def __init__(self, config: InfinityConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, Ct = config.width, config.text_channels
+        init_std = math.sqrt(1 / C / 3)
+        # The official initialisation of the unconditional text (seeded, truncated normal / √C_text).
+        uncond = torch.empty(config.text_max_length, Ct)
+        nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
+        self.cfg_uncond = nn.Parameter(uncond / Ct**0.5)
+        self.text_norm = RMSNorm(Ct, eps=config.norm_eps)
+        self.text_proj_for_sos = TextAttentivePool(Ct, C, config.pool_heads)
+        self.text_proj_for_ca = nn.Sequential(nn.Linear(Ct, C), nn.GELU(approximate="tanh"), nn.Linear(C, C))
+        self.pos_start = nn.Parameter(torch.empty(1, 1, C))
+        nn.init.trunc_normal_(self.pos_start, std=init_std)
+        self.lvl_embed = nn.Embedding(config.num_level_embeddings, C)
+        nn.init.trunc_normal_(self.lvl_embed.weight, std=init_std)
+        self.word_embed = nn.Linear(config.bits, C)
+        self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        rates = [config.drop_path_rate * i / max(1, config.depth - 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(CrossAttnBlock(config, rate) for rate in rates)
+        self.head_nm = AdaLNBeforeHead(C, config.norm_eps)
+        self.head = nn.Linear(C, 2 * config.bits)
+        self.register_buffer("rope", rope_tables(config.schedule, C // config.num_heads, config.rope_theta), persistent=False)
+        self.register_buffer("attn_mask", block_causal_mask(config.schedule), persistent=False)
+        self.register_buffer("levels", token_levels(config.schedule), persistent=False)
+        self.offsets = scale_offsets(config.schedule)
+
+    # --- text --------------------------------------------------------------------------------
+    def prepare_condition(self, cond: TextCondition) -> PreparedCondition:
+        """Run the text path once per condition (see :class:`PreparedCondition`)."""
+        text = self.text_norm(cond.features.to(self.cfg_uncond.dtype))
+        pooled = self.text_proj_for_sos(text, cond.mask).float()
+        shared_gss = self.shared_ada_lin(pooled).view(pooled.shape[0], 1, 6, -1)
+        return PreparedCondition(pooled, shared_gss, self.text_proj_for_ca(text), cond.mask)
+
+    def null_features(self, like: TextCondition) -> TextCondition:
+        """``cfg_uncond`` in place of every real text token of ``like`` (Infinity's unconditional input)."""
+        T = like.features.shape[1]
+        if T > self.config.text_max_length:
+            raise ValueError(f"condition has {T} tokens, more than text_max_length={self.config.text_max_length}")
+        features = self.cfg_uncond[:T].unsqueeze(0).expand(like.batch_size, -1, -1)
+        return TextCondition(features, like.mask)
+
+    # --- forward -----------------------------------------------------------------------------
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        prepared: PreparedCondition,
+        positions: slice,
+        mask: torch.Tensor | None,
+        caches: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Push embedded positions ``x [B, N, C]`` (flat sequence slice ``positions``) through all blocks.
+
+        ``caches`` (one entry per block) is read and updated in place when given.
+        """
+        rope = self.rope[:, positions]
+        for i, block in enumerate(self.blocks):
+            past = caches[i] if caches is not None else None
+            x, new = block(x, prepared.shared_gss, prepared.text, prepared.text_mask, rope, mask, past)
+            if caches is not None:
+                caches[i] = new
+        return x
+
+    def logits(self, hidden: torch.Tensor, prepared: PreparedCondition) -> torch.Tensor:
+        """Hidden states ``[B, N, C]`` → bit logits ``[B, N, d, 2]``."""
+        out = self.head(self.head_nm(hidden.float(), prepared.pooled))
+        return out.view(*out.shape[:2], self.config.bits, 2)
+
+    def start_embedding(self, prepared: PreparedCondition) -> torch.Tensor:
+        """The scale-0 input: pooled text + ``pos_start`` + level-0 embedding, ``[B, 1, C]``."""
+        return prepared.pooled.unsqueeze(1) + self.pos_start + self.lvl_embed.weight[0]
+
+    def teacher_forced_logits(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits of every position given ground-truth token maps ``maps[k] [B, h_k, w_k, d]``: ``[B, L, d, 2]``."""
+        schedule = self.config.schedule
+        L = self.offsets[-1]
+        inputs = teacher_forcing_inputs(maps, schedule, self.config.patchify).to(prepared.pooled.dtype)
+        x = torch.cat([self.start_embedding(prepared), self.word_embed(inputs) + self.lvl_embed(self.levels[1:])], dim=1)
+        hidden = self.run_blocks(x, prepared, slice(0, L), self.attn_mask)
+        return self.logits(hidden, prepared)
+
+    def first_scale_logits(self, prepared: PreparedCondition) -> torch.Tensor:
+        """Scale-0 logits from the text alone, one position: ``[B, 1, d, 2]``."""
+        hidden = self.run_blocks(self.start_embedding(prepared), prepared, slice(0, 1), None)
+        return self.logits(hidden, prepared)
+
+    def scale_step(self, x: torch.Tensor, prepared: PreparedCondition, scale: int, caches: KVCache) -> torch.Tensor:
+        """One KV-cached sampling step: inputs of scale ``scale`` ``[B, h·w, C]`` (level embedding not yet added) → logits ``[B, h·w, d, 2]``."""
+        if scale > 0:
+            x = x + self.lvl_embed.weight[scale]
+        positions = slice(self.offsets[scale], self.offsets[scale + 1])
+        hidden = self.run_blocks(x, prepared, positions, None, caches)
+        return self.logits(hidden, prepared)

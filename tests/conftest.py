@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny randomly initialised models (no network, no training)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4)]
+
+
+def tiny_transformer_config(**overrides):
+    from varerase.models.infinity.transformer import InfinityConfig
+
+    settings = dict(
+        depth=2,
+        width=64,
+        num_heads=4,
+        mlp_ratio=2.0,
+        ffn_multiple=32,
+        text_channels=32,
+        text_max_length=8,
+        text_pool_heads=2,
+        bits=6,
+        schedule=TINY_SCHEDULE,
+        block_chunks=2,
+    )
+    settings.update(overrides)
+    return InfinityConfig(**settings)
+
+
+def random_condition(batch: int, channels: int = 32, tokens: int = 5, seed: int = 0):
+    from varerase.models.base import TextCondition
+
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, tokens, channels, generator=g)
+    lengths = torch.randint(1, tokens + 1, (batch,), generator=g)
+    lengths[0] = tokens
+    mask = torch.arange(tokens)[None, :] < lengths[:, None]
+    return TextCondition(features, mask)
+
+
+@pytest.fixture
+def tiny_model():
+    """A randomly initialised Infinity model (transformer only, no VAE or text encoder)."""
+    from varerase.models.infinity.model import InfinityModel
+    from varerase.models.infinity.transformer import InfinityTransformer
+
+    torch.manual_seed(0)
+    transformer = InfinityTransformer(tiny_transformer_config())
+    return InfinityModel(transformer, vae=None, text_encoder=None).eval()
