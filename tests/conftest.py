@@ -54,3 +54,39 @@ def tiny_model():
     torch.manual_seed(0)
     transformer = InfinityTransformer(tiny_transformer_config())
     return InfinityModel(transformer, vae=None, text_encoder=None).eval()
+
+
+class WordHashEncoder(torch.nn.Module):
+    """A deterministic stand-in text encoder: one fixed random vector per word (no download)."""
+
+    def __init__(self, channels: int = 32, max_length: int = 8) -> None:
+        super().__init__()
+        self.channels, self.max_length = channels, max_length
+
+    def _vector(self, word: str) -> torch.Tensor:
+        import zlib
+
+        return torch.randn(self.channels, generator=torch.Generator().manual_seed(zlib.crc32(word.encode())))
+
+    def encode(self, prompts):
+        from varerase.models.base import TextCondition
+
+        words = [p.lower().split()[: self.max_length] or ["<empty>"] for p in prompts]
+        longest = max(len(w) for w in words)
+        features = torch.zeros(len(prompts), longest, self.channels)
+        mask = torch.zeros(len(prompts), longest, dtype=torch.bool)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                features[i, j] = self._vector(w)
+                mask[i, j] = True
+        return TextCondition(features, mask)
+
+
+@pytest.fixture
+def tiny_text_model():
+    """Tiny random Infinity with a word-hash text encoder: enough for methods to run end to end."""
+    from varerase.models.infinity.model import InfinityModel
+    from varerase.models.infinity.transformer import InfinityTransformer
+
+    torch.manual_seed(0)
+    return InfinityModel(InfinityTransformer(tiny_transformer_config()), vae=None, text_encoder=WordHashEncoder()).eval()

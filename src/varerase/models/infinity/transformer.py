@@ -180,6 +180,7 @@ class CrossAttention(nn.Module):
     def __init__(self, width: int, kv_channels: int, num_heads: int, learned_query: bool = False) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.learned_query = learned_query
         if learned_query:
             query = torch.empty(1, num_heads, self.head_dim)
             nn.init.trunc_normal_(query, std=math.sqrt(1 / width / 3))
@@ -196,7 +197,7 @@ class CrossAttention(nn.Module):
         B, T, _ = text.shape
         kv = F.linear(text, self.mat_kv.weight, torch.cat([self.zero_k_bias, self.v_bias]))
         k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if isinstance(self.mat_q, nn.Parameter):
+        if self.learned_query:
             q = self.mat_q.to(k.dtype).unsqueeze(2).expand(B, -1, -1, -1)
         else:
             q = self.mat_q(x).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)

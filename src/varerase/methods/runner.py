@@ -1,0 +1,104 @@
+"""One erasure run: eraser + trainer + a run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
+
+A run directory is marked finished only by ``run.json`` with ``"status": "complete"``, written
+last; every file is written atomically, so an interrupted run is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from varerase.data.pairs import PromptPair
+from varerase.errors import ConfigError
+from varerase.io import atomic_write_json, atomic_write_yaml
+from varerase.methods.base import MethodConfig
+from varerase.methods.registry import eraser_class
+from varerase.models.base import ScaleWiseModel
+from varerase.training.edits import EditedModel
+from varerase.training.trainer import Trainer, seed_everything
+
+
+@dataclass
+class ErasureResult:
+    """What a finished run produced: the edited model, its folder and its metrics."""
+
+    model: EditedModel
+    run_dir: Path | None
+    metrics: dict
+
+
+def run_status(run_dir: Path) -> str:
+    """``"complete"``, ``"incomplete"`` (started, not finished) or ``"absent"``."""
+    marker = run_dir / "run.json"
+    if marker.exists() and json.loads(marker.read_text()).get("status") == "complete":
+        return "complete"
+    return "incomplete" if run_dir.exists() and any(run_dir.iterdir()) else "absent"
+
+
+def run_erasure(
+    model: ScaleWiseModel,
+    method: str,
+    pairs: Sequence[PromptPair],
+    config: MethodConfig,
+    retain_prompts: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    extra_config: dict | None = None,
+) -> ErasureResult:
+    """Erase with ``method`` and write the run directory (if given); see module docstring.
+
+    ``resume=True`` continues an interrupted run from its last saved state and ends with the
+    same edit as an uninterrupted run. ``cache_dir`` defaults to ``run_dir/teacher_cache``.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        status = run_status(run_dir)
+        if status == "complete" and not resume:
+            raise ConfigError(f"{run_dir} already holds a finished run; choose another --out or delete it")
+        if status == "incomplete" and not resume:
+            raise ConfigError(f"{run_dir} holds an unfinished run; pass --resume to continue it or choose another --out")
+        if cache_dir is None:
+            cache_dir = run_dir / "teacher_cache"
+    seed_everything(config.seed)
+    eraser = eraser_class(method)(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress)
+    resolved = {
+        "method": method,
+        "method_config": asdict(config),
+        "model_fingerprint": model.fingerprint(),
+        "pairs": [asdict(p) for p in pairs],
+        "retain_prompts": list(retain_prompts),
+        **(extra_config or {}),
+    }
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and (run_dir / "config.yaml").exists()):  # a resumed run keeps its original config
+            atomic_write_yaml(resolved, run_dir / "config.yaml")
+        atomic_write_json({"status": "running"}, run_dir / "run.json")
+
+    started = time.perf_counter()
+    eraser.prepare()
+    prepare_seconds = time.perf_counter() - started
+    trainer = Trainer(eraser.edit, config.trainer_config(), run_dir, progress=progress)
+    resumed_from = trainer.step if resume and trainer.load_state() else 0
+    trainer.run(eraser.step, description=f"{method}")
+    seconds = time.perf_counter() - started
+    metrics = {
+        "method": method,
+        "steps": config.steps,
+        "resumed_from_step": resumed_from,
+        "wall_seconds": round(seconds, 3),
+        "prepare_seconds": round(prepare_seconds, 3),
+        "forward_tokens": eraser.forward_tokens,
+        "final": trainer.history[-1] if trainer.history else {},
+    }
+    if run_dir is not None:
+        eraser.edit.save(run_dir / "edit.safetensors", model, extra_metadata={"method": method})
+        atomic_write_json(metrics, run_dir / "metrics.json")
+        atomic_write_json({"status": "complete", "method": method}, run_dir / "run.json")
+    return ErasureResult(eraser.edited_model(), run_dir, metrics)

@@ -1,0 +1,262 @@
+"""Weight edits kept apart from the model they edit.
+
+Every method trains (or computes) an *edit*: a delta for some of the model's parameters, either
+full (``W' = W + Δ``) or low-rank (``W' = W + (α/r)·B·A`` for linear weights, peft's LoRA
+convention and key names). The original model is never modified, so the frozen teacher ``p_0``
+is always the base model itself, and an edit can be *scoped*:
+
+* ``"all"`` — the edited weights are used everywhere (VARE, S-VARE, baselines);
+* ``"scale0"`` — SACE's scale-gated adapter: the edited weights produce only the scale-0 logits;
+  every position of scales ≥ 1, and the start position's cached keys/values, come from the
+  original weights (METHODS.md §4, ``context=original``; the ``adapted`` variant is not built).
+
+Edits are applied with :func:`torch.func.functional_call`, so a method's loss differentiates
+through the model without touching its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from torch.func import functional_call
+
+from varerase.errors import CheckpointError, ConfigError
+from varerase.io import atomic_save_safetensors
+from varerase.models.base import (
+    ConditionSwitch,
+    FirstScaleOverride,
+    Generation,
+    SamplerConfig,
+    ScaleWiseModel,
+    TextCondition,
+    module_group_parameters,
+)
+
+EditScope = Literal["all", "scale0"]
+
+
+@dataclass
+class EditConfig:
+    """What an edit changes: module groups, full or LoRA deltas, and where it acts."""
+
+    groups: Sequence[str] = ("cross_attn", "ffn")
+    lora_rank: int = 0  # 0 = full deltas
+    lora_alpha: float | None = None  # None = rank (scaling 1)
+    scope: EditScope = "all"
+
+    def __post_init__(self) -> None:
+        self.groups = list(self.groups)
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be ≥ 0, got {self.lora_rank}")
+        if self.scope not in ("all", "scale0"):
+            raise ConfigError(f"scope must be 'all' or 'scale0', got {self.scope!r}")
+
+
+class ParameterEdit(nn.Module):
+    """Trainable deltas for the chosen parameters of a model.
+
+    Full mode keeps one zero-initialised delta per parameter. LoRA mode factorises the delta of
+    every 2-D linear weight as ``(α/r)·B·A`` (``A [r, in]`` random, ``B [out, r]`` zero) and leaves
+    other parameters (biases, vectors) unedited, as peft does.
+    """
+
+    def __init__(self, model: ScaleWiseModel, config: EditConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.names: list[str] = []
+        self.deltas = nn.ParameterDict()
+        self.lora_a = nn.ParameterDict()
+        self.lora_b = nn.ParameterDict()
+        for name, param in module_group_parameters(model, config.groups):
+            key = name.replace(".", "__")
+            if config.lora_rank == 0:
+                self.deltas[key] = nn.Parameter(torch.zeros_like(param, dtype=torch.float32))
+            elif param.ndim == 2 and name.endswith(".weight"):
+                a = torch.empty(config.lora_rank, param.shape[1], device=param.device)
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                self.lora_a[key] = nn.Parameter(a)
+                self.lora_b[key] = nn.Parameter(torch.zeros(param.shape[0], config.lora_rank, device=param.device))
+            else:
+                continue
+            self.names.append(name)
+        if not self.names:
+            raise ConfigError(f"module groups {config.groups} hold no parameters this edit can change")
+
+    @property
+    def lora_scaling(self) -> float:
+        return (self.config.lora_alpha or self.config.lora_rank) / max(self.config.lora_rank, 1)
+
+    def delta(self, name: str) -> torch.Tensor:
+        """The delta of parameter ``name`` (same shape as the parameter)."""
+        key = name.replace(".", "__")
+        if self.config.lora_rank == 0:
+            return self.deltas[key]
+        return self.lora_scaling * (self.lora_b[key] @ self.lora_a[key])
+
+    def overrides(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``{parameter name: W + Δ}`` for :func:`functional_call` on ``model``."""
+        params = dict(model.named_parameters())
+        return {name: params[name] + self.delta(name).to(params[name].dtype) for name in self.names}
+
+    def changed_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Merged weights ``W + Δ`` of every edited parameter, detached."""
+        return {k: v.detach() for k, v in self.overrides(model).items()}
+
+    # --- files -------------------------------------------------------------------------------
+    def save(self, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
+        """Write ``edit.safetensors``: merged changed weights (full) or LoRA factors with peft's key names."""
+        metadata = {"format": "varerase-edit", "scope": self.config.scope, "groups": ",".join(self.config.groups)}
+        if self.config.lora_rank == 0:
+            tensors = self.changed_weights(model)
+            metadata["kind"] = "weights"
+        else:
+            tensors = {}
+            for name in self.names:
+                module_name = name[: -len(".weight")]
+                key = name.replace(".", "__")
+                tensors[f"{module_name}.lora_A.weight"] = self.lora_a[key].detach()
+                tensors[f"{module_name}.lora_B.weight"] = self.lora_b[key].detach()
+            metadata.update(kind="lora", rank=str(self.config.lora_rank), alpha=str(self.config.lora_alpha or self.config.lora_rank))
+        metadata.update(extra_metadata or {})
+        atomic_save_safetensors(tensors, path, metadata=metadata)
+
+
+def load_edit(model: ScaleWiseModel, path: str | Path) -> "EditedModel":
+    """Read an ``edit.safetensors`` written by :meth:`ParameterEdit.save` and apply it to ``model``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "edit.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"no edit at {path}; pass a run directory or its edit.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:
+        raise CheckpointError(f"could not read {path} as safetensors: {error}") from error
+    if metadata.get("format") != "varerase-edit":
+        raise CheckpointError(f"{path} is not a varerase edit (no 'format: varerase-edit' metadata)")
+    params = dict(model.named_parameters())
+    kind = metadata.get("kind")
+    config = EditConfig(
+        groups=metadata.get("groups", "").split(",") if metadata.get("groups") else (),
+        lora_rank=int(metadata.get("rank", 0)) if kind == "lora" else 0,
+        lora_alpha=float(metadata["alpha"]) if kind == "lora" else None,
+        scope=metadata.get("scope", "all"),
+    )
+    edit = ParameterEdit(model, config)
+    if kind == "weights":
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise CheckpointError(f"{path} edits parameters this model does not have: {unknown[:10]}")
+        expected = set(edit.names)
+        if set(tensors) != expected:
+            raise CheckpointError(f"{path} edits {len(tensors)} parameters but groups {config.groups} hold {len(expected)}")
+        for name, weight in tensors.items():
+            if weight.shape != params[name].shape:
+                raise CheckpointError(f"{path}: {name} has shape {tuple(weight.shape)}, model has {tuple(params[name].shape)}")
+            edit.deltas[name.replace(".", "__")].data = (weight.float() - params[name].detach().float()).to(params[name].device)
+    elif kind == "lora":
+        for name in edit.names:
+            module_name, key = name[: -len(".weight")], name.replace(".", "__")
+            for factor, store in (("lora_A", edit.lora_a), ("lora_B", edit.lora_b)):
+                tensor_name = f"{module_name}.{factor}.weight"
+                if tensor_name not in tensors:
+                    raise CheckpointError(f"{path} lacks {tensor_name}")
+                if tensors[tensor_name].shape != store[key].shape:
+                    raise CheckpointError(f"{path}: {tensor_name} has shape {tuple(tensors[tensor_name].shape)}, expected {tuple(store[key].shape)}")
+                store[key].data = tensors[tensor_name].to(store[key].device, torch.float32)
+    else:
+        raise CheckpointError(f"{path} has unknown edit kind {kind!r}")
+    return EditedModel(model, edit.requires_grad_(False))
+
+
+class _MethodCall(nn.Module):
+    """Lets :func:`functional_call` run any method of a model, not only ``forward``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+class EditedModel(ScaleWiseModel):
+    """A base model seen through an edit; itself a :class:`ScaleWiseModel`.
+
+    Gradients flow to the edit's parameters; the base model's parameters are never changed.
+    """
+
+    def __init__(self, base: ScaleWiseModel, edit: ParameterEdit) -> None:
+        super().__init__()
+        self.base = base
+        self.edit = edit
+        self.schedule = base.schedule
+        self.token_kind = base.token_kind
+        self.bits = base.bits
+        self.vocab_size = base.vocab_size
+        self._caller = _MethodCall(base)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        overrides = {f"model.{k}": v for k, v in self.edit.overrides(self.base).items()}
+        return functional_call(self._caller, overrides, (method, *args), kwargs, strict=False)
+
+    @property
+    def scope(self) -> EditScope:
+        return self.edit.config.scope
+
+    def encode_text(self, prompts: Sequence[str]) -> TextCondition:
+        return self.base.encode_text(prompts)
+
+    def _encode_text_uncached(self, prompts: list[str]) -> TextCondition:
+        return self.base._encode_text_uncached(prompts)
+
+    def null_condition(self, like: TextCondition) -> TextCondition:
+        return self._call("null_condition", like) if self.scope == "all" else self.base.null_condition(like)
+
+    def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
+        return self._call("first_scale_logits", cond)
+
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.scope == "all":
+            return self._call("teacher_forced_logits", cond, maps)
+        original = self.base.teacher_forced_logits(cond, maps)
+        return torch.cat([self.first_scale_logits(cond), original[:, 1:]], dim=1)
+
+    def generate(
+        self,
+        cond: TextCondition,
+        sampler: SamplerConfig,
+        seed: int | None = None,
+        *,
+        switch: ConditionSwitch | None = None,
+        first_scale_override: FirstScaleOverride | None = None,
+        decode: bool = True,
+    ) -> Generation:
+        if self.scope == "all":
+            return self._call("generate", cond, sampler, seed, switch=switch, first_scale_override=first_scale_override, decode=decode)
+        override = first_scale_override or self.first_scale_logits
+        return self.base.generate(cond, sampler, seed, switch=switch, first_scale_override=override, decode=decode)
+
+    def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.base.decode(maps)
+
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        return self.base.module_groups()
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256(self.base.fingerprint().encode())
+        for name in self.edit.names:
+            h.update(name.encode())
+            h.update(self.edit.delta(name).detach().float().cpu().numpy().tobytes())
+        h.update(self.scope.encode())
+        return h.hexdigest()[:16]

@@ -1,0 +1,167 @@
+"""The training loop every method shares: AdamW, clipping, progress, logs, resumable state.
+
+A method supplies a *step function* ``step(index, update) -> dict[str, float]`` that computes its
+losses and calls ``update(loss)`` once per optimiser step it wants (S-VARE's reference update
+calls it twice). The trainer owns the optimiser, the RNG used for batches, the JSONL log and the
+``state/`` folder that ``--resume`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file
+from torch import nn
+
+from varerase.errors import ConfigError, VarEraseError
+from varerase.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+UpdateFn = Callable[[torch.Tensor], float]
+StepFn = Callable[[int, UpdateFn], dict[str, float]]
+
+
+class NonFiniteLossError(VarEraseError):
+    """A loss became NaN or infinite; the last good state is kept."""
+
+
+@dataclass
+class TrainerConfig:
+    """Optimiser and loop settings (S-VARE reference values where the paper's code fixes them)."""
+
+    steps: int = 100
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.97)
+    weight_decay: float = 0.005  # on 2-D weights only
+    grad_clip: float = 5.0
+    seed: int = 42
+    checkpoint_every: int = 50  # steps between resumable states (and at the end)
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.steps < 1:
+            raise ConfigError(f"steps must be ≥ 1, got {self.steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be ≥ 1, got {self.checkpoint_every}")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A generator that depends only on ``(seed, step)``: batches and dropout masks replay exactly on resume."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(parameters: list[tuple[str, nn.Parameter]], config: TrainerConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D tensors only (the reference code's grouping)."""
+    decay = [p for _, p in parameters if p.ndim >= 2]
+    no_decay = [p for _, p in parameters if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
+
+
+class Trainer:
+    """Runs a step function for ``config.steps`` steps over ``module``'s trainable parameters.
+
+    ``run_dir`` (optional) receives ``log.jsonl`` and ``state/``; with ``resume=True`` the loop
+    continues from the last saved state (optimiser, step, RNG, parameters) bit for bit.
+    """
+
+    def __init__(self, module: nn.Module, config: TrainerConfig, run_dir: str | Path | None = None, progress: bool = True) -> None:
+        self.module = module
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.parameters = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ConfigError("nothing to train: the edit has no trainable parameters")
+        self.optimizer = make_optimizer(self.parameters, config)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # --- state ---------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path | None:
+        return self.run_dir / "state" if self.run_dir is not None else None
+
+    def save_state(self) -> None:
+        """Write ``state/`` atomically: parameters (safetensors), optimiser and RNG (weights-only pickle)."""
+        if self.state_dir is None:
+            return
+        import io
+
+        atomic_save_safetensors(dict(self.module.state_dict()), self.state_dir / "module.safetensors")
+        buffer = io.BytesIO()
+        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, buffer)
+        atomic_write_bytes(buffer.getvalue(), self.state_dir / "optimizer.pt")
+        # Written last: its presence says the two files above belong to this step.
+        atomic_write_json({"step": self.step, "history": self.history}, self.state_dir / "progress.json")
+
+    def load_state(self) -> bool:
+        """Restore the last saved state; False when there is none."""
+        if self.state_dir is None or not (self.state_dir / "progress.json").exists():
+            return False
+        progress = json.loads((self.state_dir / "progress.json").read_text())
+        self.module.load_state_dict(load_file(self.state_dir / "module.safetensors"), strict=True)
+        saved = torch.load(self.state_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.step = int(progress["step"])
+        self.history = list(progress["history"])
+        if self.run_dir is not None:
+            # Steps logged after the saved state will run again: drop them from the log.
+            lines = "".join(json.dumps(r) + "\n" for r in self.history if r["step"] % self.config.log_every == 0)
+            atomic_write_text(lines, self.run_dir / "log.jsonl")
+        return True
+
+    # --- loop ----------------------------------------------------------------------------------
+    def _update(self, loss: torch.Tensor) -> float:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {self.step + 1}; stopped, the last good state "
+                f"(step {self.step}) is kept — lower --lr or check the prompts"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.parameters], self.config.grad_clip)
+        self.optimizer.step()
+        return float(norm)
+
+    def run(self, step_fn: StepFn, description: str = "erasing") -> list[dict[str, float]]:
+        """Run the remaining steps; returns the per-step log records."""
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
+        log_path = self.run_dir / "log.jsonl" if self.run_dir is not None else None
+        with Progress(*columns, disable=not self.progress, transient=False) as bar:
+            task = bar.add_task(description, total=self.config.steps, completed=self.step, losses="")
+            while self.step < self.config.steps:
+                record = step_fn(self.step, self._update)
+                self.step += 1
+                record = {"step": self.step, **{k: float(v) for k, v in record.items()}}
+                self.history.append(record)
+                if log_path is not None and self.step % self.config.log_every == 0:
+                    with log_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                shown = "  ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step")
+                bar.update(task, completed=self.step, losses=shown)
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self.save_state()
+        return self.history

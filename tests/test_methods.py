@@ -1,0 +1,170 @@
+"""Erasure methods on a tiny random model: update order, the SACE gate, declared parameters, runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import random_condition
+from varerase.data.pairs import PromptPair
+from varerase.methods.losses import filtered_cross_entropy, flatten_maps, svare_preservation
+from varerase.methods.registry import eraser_class, method_config
+from varerase.methods.runner import run_erasure
+from varerase.models.base import SamplerConfig
+from varerase.training.edits import EditConfig, EditedModel, ParameterEdit, load_edit
+
+PAIRS = [
+    PromptPair("a red circle on a striped background", "a red square on a striped background"),
+    PromptPair("a blue circle", "a blue star"),
+    PromptPair("a photo of a green circle", "a photo of a green heart"),
+]
+RETAIN = ["a yellow triangle", "a purple cross on a dotted background"]
+
+
+def _eraser(model, method, **overrides):
+    config = method_config(method, overrides={"steps": 3, "batch_size": 2, **overrides})
+    eraser = eraser_class(method)(model, PAIRS, config, RETAIN, progress=False)
+    eraser.prepare()
+    return eraser
+
+
+def test_sace_gate_moves_only_scale_zero_logits(tiny_model):
+    edit = ParameterEdit(tiny_model, EditConfig(groups=["cross_attn", "ffn", "start_token"], scope="scale0"))
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.normal_(std=0.05)
+    edited = EditedModel(tiny_model, edit)
+    cond = random_condition(2)
+    maps = tiny_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
+    original, adapted = tiny_model.teacher_forced_logits(cond, maps), edited.teacher_forced_logits(cond, maps)
+    torch.testing.assert_close(adapted[:, 1:], original[:, 1:], atol=0, rtol=0)
+    assert not torch.allclose(adapted[:, :1], original[:, :1])
+    # Sampling: given the same scale-0 map, every later scale's logits are the original model's.
+    gen = edited.generate(cond, SamplerConfig(cfg=1.0), seed=3, decode=False)
+    torch.testing.assert_close(gen.all_logits()[:, 1:], tiny_model.teacher_forced_logits(cond, gen.maps)[:, 1:], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(gen.logits[0], edited.first_scale_logits(cond), atol=1e-5, rtol=1e-5)
+
+
+def test_scope_all_edit_changes_later_scales_too(tiny_model):
+    edit = ParameterEdit(tiny_model, EditConfig(groups=["ffn"]))
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.normal_(std=0.05)
+    cond = random_condition(1)
+    maps = tiny_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
+    assert not torch.allclose(EditedModel(tiny_model, edit).teacher_forced_logits(cond, maps)[:, 1:], tiny_model.teacher_forced_logits(cond, maps)[:, 1:])
+
+
+def test_svare_two_step_computes_preservation_after_the_first_update(tiny_text_model):
+    eraser = _eraser(tiny_text_model, "s-vare")
+    reference = _eraser(tiny_text_model, "s-vare")
+    seen = []
+
+    def sgd(loss):
+        seen.append(loss.detach())
+        eraser.edit.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for p in eraser.edit.parameters():
+                p -= 0.5 * p.grad
+        return 0.0
+
+    eraser.step(0, sgd)
+    # Recompute by hand: FCE on the initial edit, one SGD step, then preservation.
+    pairs, maps, teacher = reference.batch(0)
+    fce = filtered_cross_entropy(reference.edited.teacher_forced_logits(reference.encode([p.target for p in pairs]), maps), flatten_maps(maps))
+    fce.backward()
+    with torch.no_grad():
+        for p in reference.edit.parameters():
+            p -= 0.5 * p.grad
+    pre_after = svare_preservation(teacher, reference.edited.teacher_forced_logits(reference.encode([p.anchor for p in pairs]), maps))
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], fce.detach())
+    torch.testing.assert_close(seen[1], pre_after.detach())
+
+
+def test_svare_joint_update_makes_one_step(tiny_text_model):
+    eraser = _eraser(tiny_text_model, "s-vare", update="joint")
+    calls = []
+    eraser.step(0, lambda loss: calls.append(loss) or 0.0)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("method", ["vare", "s-vare", "sace"])
+def test_each_method_trains_only_its_declared_groups(tiny_text_model, method):
+    before = {k: v.clone() for k, v in tiny_text_model.state_dict().items()}
+    result = run_erasure(tiny_text_model, method, PAIRS, method_config(method, overrides={"steps": 3, "lr": 1e-2}), RETAIN, progress=False)
+    after = tiny_text_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the base model must stay untouched"
+    groups = tiny_text_model.module_groups()
+    allowed = {n for g in result.model.edit.config.groups for m in groups[g] for n, _ in m.named_parameters()}
+    declared = {name.split(".")[-1] for name in result.model.edit.names}
+    assert declared and all(any(name.endswith(a) for a in allowed) for name in result.model.edit.names)
+    changed = [n for n in result.model.edit.names if result.model.edit.delta(n).abs().max() > 0]
+    assert changed, f"{method} changed nothing"
+
+
+def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path, monkeypatch):
+    config = method_config("s-vare", overrides={"steps": 4, "checkpoint_every": 2, "lr": 1e-2})
+    run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "full", progress=False)
+    for name in ("config.yaml", "edit.safetensors", "metrics.json", "log.jsonl", "run.json"):
+        assert (tmp_path / "full" / name).exists(), name
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["status"] == "complete"
+
+    from varerase.methods.svare import SVARE
+
+    original_step = SVARE.step
+
+    def crash_at_three(self, index, update):
+        if index == 3:
+            raise KeyboardInterrupt
+        return original_step(self, index, update)
+
+    monkeypatch.setattr(SVARE, "step", crash_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "cut", progress=False)
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
+    assert not (tmp_path / "cut" / "edit.safetensors").exists()
+    monkeypatch.setattr(SVARE, "step", original_step)
+    from varerase.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--resume"):
+        run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "cut", progress=False)
+    run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "cut", resume=True, progress=False)
+    from safetensors.torch import load_file
+
+    full, cut = load_file(tmp_path / "full" / "edit.safetensors"), load_file(tmp_path / "cut" / "edit.safetensors")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    lines = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
+
+
+def test_saved_edit_loads_back_to_the_same_model(tiny_text_model, tmp_path):
+    result = run_erasure(tiny_text_model, "s-vare", PAIRS, method_config("s-vare", overrides={"steps": 2, "lr": 1e-2}), run_dir=tmp_path / "run", progress=False)
+    loaded = load_edit(tiny_text_model, tmp_path / "run")
+    cond = tiny_text_model.encode_text(["a red circle"])
+    maps = tiny_text_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
+    torch.testing.assert_close(loaded.teacher_forced_logits(cond, maps), result.model.teacher_forced_logits(cond, maps), atol=1e-6, rtol=1e-5)
+
+
+def test_lora_edit_round_trips_and_matches_peft(tiny_text_model, tmp_path):
+    peft = pytest.importorskip("peft")
+    config = method_config("vare", overrides={"steps": 2, "lr": 1e-2, "lora_rank": 2, "groups": ["ffn"]})
+    result = run_erasure(tiny_text_model, "vare", PAIRS, config, run_dir=tmp_path / "run", progress=False)
+    loaded = load_edit(tiny_text_model, tmp_path / "run")
+    cond = tiny_text_model.encode_text(["a blue circle"])
+    maps = tiny_text_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
+    ours = loaded.teacher_forced_logits(cond, maps)
+    torch.testing.assert_close(ours, result.model.teacher_forced_logits(cond, maps), atol=1e-6, rtol=1e-5)
+    # The saved factors use peft's names: peft applies them to a copy of the model identically.
+    import copy
+
+    from safetensors.torch import load_file
+
+    twin = copy.deepcopy(tiny_text_model)
+    targets = sorted({n[: -len(".lora_A.weight")] for n in load_file(tmp_path / "run" / "edit.safetensors") if n.endswith(".lora_A.weight")})
+    peft.inject_adapter_in_model(peft.LoraConfig(r=2, lora_alpha=2, target_modules=targets), twin)
+    peft.set_peft_model_state_dict(twin, load_file(tmp_path / "run" / "edit.safetensors"))
+    torch.testing.assert_close(twin.teacher_forced_logits(cond, maps), ours, atol=1e-5, rtol=1e-4)
