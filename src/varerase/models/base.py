@@ -194,7 +194,7 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         self,
         cond: TextCondition,
         sampler: SamplerConfig,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
         first_scale_override: FirstScaleOverride | None = None,
@@ -202,7 +202,8 @@ class ScaleWiseModel(nn.Module, abc.ABC):
     ) -> Generation:
         """KV-cached sampling of all scales (see :class:`Generation`).
 
-        ``seed`` fixes the sampling noise (same seed, same condition → same maps on one machine).
+        ``seed`` fixes the sampling noise (same seed, same condition → same maps on one machine);
+        a list gives each row its own seed, making a row's sample independent of its batch.
         ``switch`` changes the condition from a given scale on; ``first_scale_override`` supplies
         the scale-0 logits of each branch while everything cached comes from the model itself.
         """

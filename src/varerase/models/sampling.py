@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -43,3 +45,30 @@ def sample_units(
     flat = filter_top_k_top_p(flat, top_k, top_p)
     choice = torch.multinomial(flat.softmax(dim=-1), num_samples=1, generator=generator)
     return choice.view(logits.shape[:-1])
+
+
+def sampling_generators(seed: int | Sequence[int] | None, batch: int, device: torch.device | str) -> list[torch.Generator] | torch.Generator | None:
+    """Random sources for a batch: one generator (an int seed, as the official samplers do), one per
+    row (a list of seeds: each row's sample then depends on its own seed only, not on the batch it
+    is in), or None (the global generator)."""
+    if seed is None:
+        return None
+    if isinstance(seed, int):
+        return torch.Generator(device).manual_seed(seed)
+    seeds = list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generators: list[torch.Generator] | torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`sample_units` over a batch ``[B, …, V]`` with one generator, or one per row."""
+    if not isinstance(generators, list):
+        return sample_units(logits, temperature, top_k, top_p, generators)
+    return torch.stack([sample_units(row, temperature, top_k, top_p, g) for row, g in zip(logits, generators)])

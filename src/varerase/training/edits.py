@@ -234,7 +234,7 @@ class EditedModel(ScaleWiseModel):
         self,
         cond: TextCondition,
         sampler: SamplerConfig,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
         first_scale_override: FirstScaleOverride | None = None,

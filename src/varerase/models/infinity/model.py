@@ -28,7 +28,7 @@ from varerase.models.base import (
 from varerase.models.infinity.bsq import CodeAccumulator, unpatchify_bits
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, PreparedCondition
 from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig
-from varerase.models.sampling import cfg_combine, sample_units
+from varerase.models.sampling import cfg_combine, sample_rows, sampling_generators
 from varerase.models.text import TextEncoder, TextEncoderConfig
 
 
@@ -105,7 +105,7 @@ class InfinityModel(ScaleWiseModel):
         self,
         cond: TextCondition,
         sampler: SamplerConfig,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
         first_scale_override: FirstScaleOverride | None = None,
@@ -130,9 +130,7 @@ class InfinityModel(ScaleWiseModel):
             if not 0 <= switch.scale <= num_scales:
                 raise ValueError(f"switch scale {switch.scale} outside 0..{num_scales}")
             branch_conditions.append(batched(switch.condition.to(self.device)))
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(self.device).manual_seed(seed)
+        generators = sampling_generators(seed, B, self.device)
 
         maps, logits_per_scale = [], []
         caches: list = [None] * len(self.transformer.blocks)
@@ -150,7 +148,7 @@ class InfinityModel(ScaleWiseModel):
                     raw = first_scale_override(branch_conditions[active]).float()
                 combined = cfg_combine(raw[:B], raw[B:], cfgs[k]) if guided else raw
                 logits_per_scale.append(combined)
-                bits = sample_units(combined, temps[k], sampler.top_k, sampler.top_p, generator)
+                bits = sample_rows(combined, temps[k], sampler.top_k, sampler.top_p, generators)
                 token_map = bits.view(B, h, w, self.bits)
                 maps.append(token_map)
                 if k + 1 < num_scales:

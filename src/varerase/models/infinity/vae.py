@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from varerase.errors import CheckpointError, ConfigError
+from varerase.io import atomic_save_safetensors, atomic_write_json
 from varerase.models.infinity.bsq import Schedule, bits_to_codes, multiscale_quantize, upsample
 
 _NORM_EPS = 1e-6
@@ -320,8 +321,6 @@ class BitwiseVAE(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-        from varerase.io import atomic_save_safetensors, atomic_write_json
-
         directory = Path(directory)
         atomic_save_safetensors(self.state_dict(), directory / "model.safetensors")
         atomic_write_json(asdict(self.config), directory / "config.json")
