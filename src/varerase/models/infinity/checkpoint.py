@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from varerase.errors import CheckpointError
-from varerase.models.infinity.model import load_strict
+from varerase.models.loading import load_strict
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
 from varerase.models.schedule import infinity_schedule
 

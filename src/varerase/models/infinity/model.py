@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from varerase.errors import CheckpointError
+from varerase.models.loading import load_strict
 from varerase.models.base import (
     ConditionSwitch,
     FirstScaleOverride,
@@ -36,7 +37,8 @@ class InfinityModel(ScaleWiseModel):
     """Infinity (transformer + bitwise VAE + text encoder) as a :class:`ScaleWiseModel`.
 
     ``autocast_dtype`` ("bfloat16"/"float16") runs the transformer under ``torch.autocast``;
-    norms, RoPE and the head stay in float32 as in the official code.
+    norms, RoPE and the head stay in float32 as in the official code. ``default_sampler`` is the
+    sampling a user gets without flags (saved with the model).
     """
 
     token_kind = "bitwise"
@@ -47,6 +49,7 @@ class InfinityModel(ScaleWiseModel):
         vae: BitwiseVAE | None,
         text_encoder: TextEncoder | None,
         autocast_dtype: str | None = None,
+        default_sampler: SamplerConfig | None = None,
     ) -> None:
         super().__init__()
         self.transformer = transformer
@@ -55,6 +58,7 @@ class InfinityModel(ScaleWiseModel):
         self.schedule = list(transformer.config.schedule)
         self.bits = transformer.config.bits
         self.autocast_dtype = autocast_dtype
+        self.default_sampler = default_sampler or SamplerConfig()
         self._text_cache = {}
 
     @property
@@ -198,7 +202,7 @@ class InfinityModel(ScaleWiseModel):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"transformer": asdict(self.config), "autocast_dtype": self.autocast_dtype}
+        config = {"transformer": asdict(self.config), "autocast_dtype": self.autocast_dtype, "default_sampler": asdict(self.default_sampler)}
         if self.vae is not None:
             config["vae"] = asdict(self.vae.config)
             atomic_save_safetensors(self.vae.state_dict(), directory / "vae.safetensors")
@@ -228,21 +232,6 @@ class InfinityModel(ScaleWiseModel):
             load_strict(vae, load_file(directory / "vae.safetensors"), directory / "vae.safetensors")
         if text_encoder is None and "text_encoder" in config:
             text_encoder = TextEncoder.from_config(TextEncoderConfig(**config["text_encoder"]))
-        model = cls(transformer, vae, text_encoder, config.get("autocast_dtype"))
+        sampler = SamplerConfig(**config["default_sampler"]) if "default_sampler" in config else None
+        model = cls(transformer, vae, text_encoder, config.get("autocast_dtype"), sampler)
         return model.to(device).eval().requires_grad_(False)
-
-
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state`` into ``module`` requiring the exact key set and shapes; errors list every mismatch."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"checkpoint {source} does not match the model:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-            if items:
-                shown = ", ".join(items[:20]) + (f", … ({len(items) - 20} more)" if len(items) > 20 else "")
-                parts.append(f"  {len(items)} {title}: {shown}")
-        raise CheckpointError("\n".join(parts))
-    module.load_state_dict(state, strict=True)

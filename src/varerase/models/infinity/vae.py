@@ -26,6 +26,7 @@ from torch import nn
 
 from varerase.errors import CheckpointError, ConfigError
 from varerase.io import atomic_save_safetensors, atomic_write_json
+from varerase.models.loading import load_strict
 from varerase.models.infinity.bsq import Schedule, bits_to_codes, multiscale_quantize, upsample
 
 _NORM_EPS = 1e-6
@@ -333,15 +334,8 @@ class BitwiseVAE(nn.Module):
         if not config_path.exists() or not weights_path.exists():
             raise CheckpointError(f"{directory} needs config.json and model.safetensors (written by save_pretrained)")
         vae = cls(BitwiseVAEConfig(**json.loads(config_path.read_text())))
-        _load_strict(vae, load_file(weights_path), weights_path)
+        load_strict(vae, load_file(weights_path), weights_path)
         return vae.to(device).eval()
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    # Imported here because model.py imports this module.
-    from varerase.models.infinity.model import load_strict
-
-    load_strict(module, state, source)
 
 
 def _official_wrapper(module: nn.Module) -> str | None:
@@ -420,4 +414,4 @@ def load_official_vae_checkpoint(vae: BitwiseVAE, path: str | Path) -> None:
                 )
             continue
         state[official_key_to_ours(key, our_keys)] = value
-    _load_strict(vae, state, path)
+    load_strict(vae, state, path)

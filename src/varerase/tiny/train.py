@@ -1,0 +1,220 @@
+"""Training the built-in tiny model from scratch, deterministically from a seed.
+
+Four phases, each on the synthetic world (``varerase.data.world``):
+
+1. tokenizer — the Infinity bitwise VAE at a tiny size, MSE reconstruction through BSQ;
+2. detector — the world's concept detector, on clean images *and* tokenizer reconstructions
+   (a detector trained on clean images only misreads generated ones);
+3. transformer — the Infinity transformer at a tiny size, teacher-forced bitwise CE on the
+   tokenizer's maps of the images, with condition dropout (text → the learned ``cfg_uncond``)
+   so that classifier-free guidance works;
+4. quality — the table of ``varerase.tiny.quality`` on held-out prompts.
+
+The result is a folder that ``load_model(path)`` reads; ``varerase train-tiny --out DIR`` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from varerase.data.world import WorldConfig, make_dataset, to_float_images
+from varerase.evaluation.detectors.world_detector import WorldDetectorConfig, train_world_detector
+from varerase.io import atomic_write_json
+from varerase.models.base import SamplerConfig, TextCondition
+from varerase.models.infinity.model import InfinityModel
+from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
+from varerase.models.infinity.vae import BitwiseVAE, tiny_vae_config
+from varerase.models.text import load_minilm
+from varerase.training.trainer import seed_everything
+
+TINY_SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (8, 8)]
+
+
+def tiny_transformer_config() -> InfinityConfig:
+    """The built-in model's transformer: Infinity's architecture at width 128, depth 4."""
+    return InfinityConfig(
+        depth=4, width=128, num_heads=4, mlp_ratio=4.0, ffn_multiple=64, text_channels=384,
+        text_max_length=32, text_pool_heads=4, bits=tiny_vae_config().bits, schedule=TINY_SCHEDULE,
+        block_chunks=1,
+    )
+
+
+TINY_DEFAULT_SAMPLER = SamplerConfig(cfg=3.0, temperature=1.0, top_k=0, top_p=0.0)
+
+
+@dataclass
+class TinyTrainingConfig:
+    """Budgets of the four phases (defaults: about half an hour on 2 CPU cores)."""
+
+    seed: int = 0
+    train_images: int = 20_000
+    tokenizer_steps: int = 800
+    tokenizer_batch: int = 64
+    tokenizer_lr: float = 2e-3
+    detector_steps: int = 1500
+    transformer_steps: int = 1500
+    transformer_batch: int = 64
+    transformer_lr: float = 2e-3
+    transformer_warmup: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 2.0
+    condition_dropout: float = 0.1
+    transformer: InfinityConfig = field(default_factory=tiny_transformer_config)
+
+
+def _progress(label: str) -> Progress:
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+
+
+def _cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bool = True) -> tuple[BitwiseVAE, dict]:
+    """Phase 1: the tiny bitwise VAE. ``images`` uint8 ``[N, 32, 32, 3]``. Returns the VAE and its validation PSNR."""
+    torch.manual_seed(config.seed)
+    vae = BitwiseVAE(tiny_vae_config())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.tokenizer_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    val = to_float_images(images[-256:]) * 2 - 1
+    train = images[:-256]
+    with _progress("tokenizer") as bar:
+        task = bar.add_task("vae", total=config.tokenizer_steps, info="")
+        if not progress:
+            bar.stop()
+        for step in range(config.tokenizer_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = config.tokenizer_lr * _cosine_with_warmup(step, config.tokenizer_steps, 50)
+            index = torch.randint(len(train), (config.tokenizer_batch,), generator=generator)
+            batch = to_float_images(train[index.numpy()]) * 2 - 1
+            reconstruction, _ = vae(batch, TINY_SCHEDULE)
+            loss = F.mse_loss(reconstruction, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update(task, advance=1, info=f"mse={loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        mse = F.mse_loss(vae.reconstruct(val, TINY_SCHEDULE), val).item()
+    return vae, {"val_mse": mse, "val_psnr_db": 10 * math.log10(4 / mse)}
+
+
+@torch.no_grad()
+def encode_dataset(vae: BitwiseVAE, images: np.ndarray, batch_size: int = 512) -> list[torch.Tensor]:
+    """All images → bit maps per scale, uint8 ``[N, h, w, d]``."""
+    per_scale: list[list[torch.Tensor]] = [[] for _ in TINY_SCHEDULE]
+    for start in range(0, len(images), batch_size):
+        batch = to_float_images(images[start : start + batch_size]) * 2 - 1
+        for k, bits in enumerate(vae.encode_maps(batch, TINY_SCHEDULE)):
+            per_scale[k].append(bits.to(torch.uint8))
+    return [torch.cat(chunks) for chunks in per_scale]
+
+
+def train_transformer(
+    model: InfinityModel,
+    maps: list[torch.Tensor],
+    captions: list[str],
+    config: TinyTrainingConfig,
+    progress: bool = True,
+) -> dict:
+    """Phase 3: teacher-forced bitwise CE with condition dropout. Trains ``model.transformer`` in place."""
+    transformer = model.transformer
+    transformer.train().requires_grad_(True)
+    decay = [p for p in transformer.parameters() if p.ndim >= 2]
+    no_decay = [p for p in transformer.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.transformer_lr, betas=(0.9, 0.95),
+    )
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    losses: list[float] = []
+    with _progress("transformer") as bar:
+        task = bar.add_task("var", total=config.transformer_steps, info="")
+        if not progress:
+            bar.stop()
+        for step in range(config.transformer_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = config.transformer_lr * _cosine_with_warmup(step, config.transformer_steps, config.transformer_warmup)
+            index = torch.randint(len(captions), (config.transformer_batch,), generator=generator)
+            batch_maps = [m[index].long() for m in maps]
+            with torch.no_grad():
+                cond = model.encode_text([captions[i] for i in index.tolist()])
+            drop = torch.rand(len(index), generator=generator) < config.condition_dropout
+            null = transformer.null_features(cond)
+            features = torch.where(drop[:, None, None], null.features, cond.features)
+            prepared = transformer.prepare_condition(TextCondition(features, cond.mask))
+            logits = transformer.teacher_forced_logits(prepared, batch_maps)
+            targets = torch.cat([m.flatten(1, 2) for m in batch_maps], dim=1)
+            loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, info=f"bit-CE={loss.item():.4f}")
+    transformer.eval().requires_grad_(False)
+    return {"final_bit_ce": float(np.mean(losses[-50:]))}
+
+
+def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, progress: bool = True) -> dict:
+    """Run all phases and write the model folder (``config.json``, ``transformer.safetensors``,
+    ``vae.safetensors``, ``detector.safetensors``, ``training.json``). Returns the training metrics."""
+    config = config or TinyTrainingConfig()
+    out_dir = Path(out_dir)
+    console = Console(quiet=not progress)
+    seed_everything(config.seed)
+    timings: dict[str, float] = {}
+    metrics: dict = {"config": asdict(config)}
+
+    start = time.perf_counter()
+    world = make_dataset(config.train_images, seed=config.seed, split="train", config=WorldConfig(seed=config.seed))
+    timings["data"] = time.perf_counter() - start
+    console.print(f"world: {len(world.captions)} captioned images in {timings['data']:.1f} s")
+
+    start = time.perf_counter()
+    vae, metrics["tokenizer"] = train_tokenizer(world.images, config, progress)
+    timings["tokenizer"] = time.perf_counter() - start
+    console.print(f"tokenizer: PSNR {metrics['tokenizer']['val_psnr_db']:.1f} dB in {timings['tokenizer']:.0f} s")
+
+    start = time.perf_counter()
+
+    def reconstruct(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return ((vae.reconstruct(images * 2 - 1, TINY_SCHEDULE) + 1) / 2).clamp(0, 1)
+
+    detector, metrics["detector"] = train_world_detector(
+        WorldDetectorConfig(), world.images, world.labels, reconstruct=reconstruct,
+        steps=config.detector_steps, seed=config.seed, progress=progress,
+    )
+    timings["detector"] = time.perf_counter() - start
+    console.print(f"detector: {metrics['detector']} in {timings['detector']:.0f} s")
+
+    start = time.perf_counter()
+    maps = encode_dataset(vae, world.images)
+    torch.manual_seed(config.seed + 2)
+    model = InfinityModel(InfinityTransformer(config.transformer), vae, load_minilm(max_length=config.transformer.text_max_length), default_sampler=TINY_DEFAULT_SAMPLER)
+    metrics["transformer"] = train_transformer(model, maps, world.captions, config, progress)
+    timings["transformer"] = time.perf_counter() - start
+    console.print(f"transformer: bit-CE {metrics['transformer']['final_bit_ce']:.4f} in {timings['transformer']:.0f} s")
+
+    model.save_pretrained(out_dir)
+    detector.save(out_dir / "detector.safetensors")
+    metrics["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    atomic_write_json(metrics, out_dir / "training.json")
+    return metrics
