@@ -216,7 +216,9 @@ class ScaleWiseModel(nn.Module, abc.ABC):
     def module_groups(self) -> dict[str, list[nn.Module]]:
         """Named groups of submodules methods choose to train or edit.
 
-        At least ``self_attn``, ``cross_attn``, ``ffn``, ``text_proj``, ``start_token``, ``norms``, ``head``.
+        At least ``self_attn``, ``cross_attn``, ``ffn``, ``text_proj``, ``start_token``, ``norms``,
+        ``head``; plus ``cross_attn_kv`` / ``start_token_kv``: the ``nn.Linear`` maps whose inputs
+        are text features and whose outputs are attention keys and values (closed-form edits use them).
         """
 
     # --- conveniences -------------------------------------------------------------------------

@@ -176,17 +176,20 @@ class InfinityModel(ScaleWiseModel):
 
         ``cross_attn`` holds q, kv, the value bias and the output projection of every block
         (what S-VARE's reference code trains, with ``ffn``); ``start_token`` is the attentive pool
-        that turns the text into the scale-0 input and the AdaLN condition.
+        that turns the text into the scale-0 input and the AdaLN condition. ``cross_attn_kv`` and
+        ``start_token_kv`` are the linear maps from text features to keys/values (UCE edits them).
         """
         t = self.transformer
         return {
             "self_attn": [b.sa for b in t.blocks],
             "cross_attn": [b.ca for b in t.blocks],
+            "cross_attn_kv": [b.ca.mat_kv for b in t.blocks],
             "ffn": [b.ffn for b in t.blocks],
             "norms": [t.text_norm] + [b.ca_norm for b in t.blocks],
             "adaln": [t.shared_ada_lin, t.head_nm],
             "text_proj": [t.text_proj_for_ca],
             "start_token": [t.text_proj_for_sos],
+            "start_token_kv": [t.text_proj_for_sos.ca.mat_kv],
             "embeddings": [t.word_embed, t.lvl_embed],
             "head": [t.head],
         }

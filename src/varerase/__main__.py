@@ -1,0 +1,3 @@
+from varerase.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""The ``varerase`` command line (typer): a thin shell over :mod:`varerase.api`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from varerase.errors import VarEraseError
+
+app = typer.Typer(
+    name="varerase",
+    help=(
+        "Erase concepts from scale-wise visual autoregressive text-to-image models (Infinity), "
+        "evaluate the result, and compare methods. Runs on a CPU with the built-in tiny model."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+MODEL_HELP = "Model: 'tiny' (built in), 'infinity-2b', 'infinity-8b', or a folder written by save_pretrained."
+
+
+def _model_options(checkpoint: Optional[str], vae: Optional[str], text_encoder: Optional[str], device: str, mixed_precision: Optional[str]) -> dict:
+    return {"checkpoint": checkpoint, "vae": vae, "text_encoder": text_encoder, "device": device, "autocast_dtype": mixed_precision}
+
+
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Official transformer weights (.pth, safetensors folder or index); default: the hub file.")
+VaeOpt = typer.Option(None, "--vae", help="Official VAE weights (.pth); default: the hub file.")
+TextEncoderOpt = typer.Option(None, "--text-encoder", help="Flan-T5 hub id or local folder (default google/flan-t5-xl).")
+DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
+PrecisionOpt = typer.Option(None, "--mixed-precision", help="bfloat16 or float16 autocast for the transformer.")
+
+
+@app.command()
+def erase(
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    method: str = typer.Option("s-vare", "--method", help="vare, s-vare or sace."),
+    concept: list[str] = typer.Option([], "--concept", help="A built-in world concept (repeat for multi-concept erasure)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Prompt pairs: JSON/JSONL/CSV with original_prompt/modified_prompt or unsafe_prompt/safe_prompt."),
+    out: Path = typer.Option(..., "--out", "--output_dir", help="Run directory to create."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Method preset, e.g. 'reference' (official S-VARE settings)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompt pairs per step."),
+    lora_rank: Optional[int] = typer.Option(None, "--rank", "--lora-rank", help="LoRA rank (0: full weights)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    checkpoint: Optional[str] = CheckpointOpt,
+    vae: Optional[str] = VaeOpt,
+    text_encoder: Optional[str] = TextEncoderOpt,
+    device: str = DeviceOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
+) -> None:
+    """Erase a concept: writes config.yaml, edit.safetensors, metrics.json and state/ into --out."""
+    from varerase import api
+
+    result = api.erase(
+        model, method, concept, pairs, out, preset=preset, resume=resume,
+        model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
+        steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed,
+    )
+    metrics = result.metrics
+    console.print(f"[green]done[/green]: {metrics['steps']} steps in {metrics['wall_seconds']:.1f} s, "
+                  f"{metrics['forward_tokens']:,} forward tokens → {out / 'edit.safetensors'}")
+
+
+@app.command()
+def generate(
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="Prompt (repeat for several)."),
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    n: int = typer.Option(4, "-n", "--num-images", help="Images per prompt."),
+    seed: int = typer.Option(0, "--seed", help="Image j of a prompt uses seed + j."),
+    out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write (one row per prompt)."),
+    edit: Optional[Path] = typer.Option(None, "--edit", help="A run directory (or edit.safetensors) to apply."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k per unit (0: off)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Top-p per unit (0: off)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),
+    checkpoint: Optional[str] = CheckpointOpt,
+    vae: Optional[str] = VaeOpt,
+    text_encoder: Optional[str] = TextEncoderOpt,
+    device: str = DeviceOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
+) -> None:
+    """Generate images and save them as a grid."""
+    from varerase import api
+    from varerase.imaging import save_grid
+
+    images = api.generate(model, prompt, n=n, seed=seed, edit=edit, model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision), cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature)
+    scale = max(1, 128 // images.shape[-1])
+    save_grid(images, out, columns=n, scale=scale)
+    console.print(f"wrote {len(images)} images to {out}")
+
+
+@app.command("train-tiny")
+def train_tiny(
+    out: Path = typer.Option(..., "--out", help="Folder for the trained model (load it with --model DIR)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the whole pipeline."),
+    transformer_steps: int = typer.Option(3000, "--transformer-steps", help="Transformer training steps."),
+    quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
+) -> None:
+    """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table."""
+    from varerase.tiny.train import TinyTrainingConfig, train_tiny as run
+
+    config = TinyTrainingConfig(seed=seed, transformer_steps=transformer_steps)
+    if quick:
+        config = TinyTrainingConfig(seed=seed, train_images=2000, tokenizer_steps=50, detector_steps=50, transformer_steps=50)
+    run(out, config)
+    _print_quality(out)
+
+
+def _print_quality(model_dir: Path) -> None:
+    from varerase.evaluation.detectors.world_detector import WorldDetector
+    from varerase.models.registry import load_model
+    from varerase.tiny.quality import measure_quality
+
+    report = measure_quality(load_model(str(model_dir)), WorldDetector.load(model_dir / "detector.safetensors"))
+    table = Table(title="built-in model quality (held-out prompts)")
+    for column in ("measure", "value", "bar", "verdict"):
+        table.add_column(column)
+    for row in report.rows():
+        table.add_row(*row)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: varerase errors become a one-line message and exit code 2."""
+    try:
+        app()
+    except VarEraseError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        errors.print("interrupted; an unfinished run continues with --resume")
+        sys.exit(130)
