@@ -7,11 +7,14 @@ from typing import Any, Callable
 
 from varerase.errors import ConfigError
 from varerase.methods.base import Eraser, MethodConfig
+from varerase.methods.esd import ESD
+from varerase.methods.naive import NaiveFineTuning
 from varerase.methods.sace import SACE
 from varerase.methods.svare import SVARE, svare_reference_preset
+from varerase.methods.uce import UCE
 from varerase.methods.vare import VARE
 
-ERASERS: dict[str, type[Eraser]] = {cls.name: cls for cls in (VARE, SVARE, SACE)}
+ERASERS: dict[str, type[Eraser]] = {cls.name: cls for cls in (VARE, SVARE, SACE, ESD, NaiveFineTuning, UCE)}
 PRESETS: dict[tuple[str, str], Callable[[], MethodConfig]] = {("s-vare", "reference"): svare_reference_preset}
 
 

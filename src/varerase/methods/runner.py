@@ -84,18 +84,20 @@ def run_erasure(
     started = time.perf_counter()
     eraser.prepare()
     prepare_seconds = time.perf_counter() - started
-    trainer = Trainer(eraser.edit, config.trainer_config(), run_dir, progress=progress)
-    resumed_from = trainer.step if resume and trainer.load_state() else 0
-    trainer.run(eraser.step, description=f"{method}")
+    history, resumed_from = [], 0
+    if eraser.trains:  # closed-form methods (UCE) finish their edit in prepare()
+        trainer = Trainer(eraser.edit, config.trainer_config(), run_dir, progress=progress)
+        resumed_from = trainer.step if resume and trainer.load_state() else 0
+        history = trainer.run(eraser.step, description=f"{method}")
     seconds = time.perf_counter() - started
     metrics = {
         "method": method,
-        "steps": config.steps,
+        "steps": config.steps if eraser.trains else 0,
         "resumed_from_step": resumed_from,
         "wall_seconds": round(seconds, 3),
         "prepare_seconds": round(prepare_seconds, 3),
         "forward_tokens": eraser.forward_tokens,
-        "final": trainer.history[-1] if trainer.history else {},
+        "final": history[-1] if history else {},
     }
     if run_dir is not None:
         eraser.edit.save(run_dir / "edit.safetensors", model, extra_metadata={"method": method})

@@ -164,4 +164,6 @@ class Trainer:
                 bar.update(task, completed=self.step, losses=shown)
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self.save_state()
+                    if self.progress and self.state_dir is not None:
+                        bar.console.print(f"saved resumable state at step {self.step}")
         return self.history
