@@ -40,6 +40,27 @@ PrecisionOpt = typer.Option(None, "--mixed-precision", help="bfloat16 or float16
 
 
 @app.command()
+def demo(
+    concept: str = typer.Option("circle", "--concept", help="World concept to erase (a shape, colour or background)."),
+    method: str = typer.Option("s-vare", "--method", help="vare, s-vare or sace."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the run and the before/after grid go."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations (method default if unset)."),
+) -> None:
+    """The main job: erase a concept from the built-in model and show a before/after table and grid."""
+    from varerase.tiny.demo import run_demo
+
+    result = run_demo(concept, method, out, steps)
+    table = Table(title=f"{method}: erasing '{concept}' from the built-in model")
+    table.add_column("measure")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row(f"'{concept}' present on prompts naming it", f"{result.presence_before:.0%}", f"{result.presence_after:.0%}")
+    table.add_row("prompt-following on other prompts", f"{result.following_before:.0%}", f"{result.following_after:.0%}")
+    console.print(table)
+    console.print(f"before/after grid: {result.grid}   (total {result.seconds:.0f} s)")
+
+
+@app.command()
 def erase(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     method: str = typer.Option("s-vare", "--method", help="vare, s-vare or sace."),
@@ -53,6 +74,7 @@ def erase(
     lora_rank: Optional[int] = typer.Option(None, "--rank", "--lora-rank", help="LoRA rank (0: full weights)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between resumable states (default 50)."),
     checkpoint: Optional[str] = CheckpointOpt,
     vae: Optional[str] = VaeOpt,
     text_encoder: Optional[str] = TextEncoderOpt,
@@ -65,7 +87,7 @@ def erase(
     result = api.erase(
         model, method, concept, pairs, out, preset=preset, resume=resume,
         model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
-        steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed,
+        steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,
     )
     metrics = result.metrics
     console.print(f"[green]done[/green]: {metrics['steps']} steps in {metrics['wall_seconds']:.1f} s, "

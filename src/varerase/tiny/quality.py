@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import product
 
 import torch
 
-from varerase.data.world import ATTRIBUTES, HELDOUT_TEMPLATES, KINDS, SHAPES, COLOURS, BACKGROUNDS, make_dataset, prompt_for, to_float_images
+from varerase.data.world import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, KINDS, SHAPES, make_dataset, prompt_for, to_float_images
+from varerase.evaluation.metrics import attribute_hits, prompt_following
 from varerase.evaluation.detectors.world_detector import WorldDetector
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 
@@ -44,11 +46,9 @@ class QualityReport:
 def heldout_prompts() -> list[tuple[str, dict[str, str]]]:
     """Every combination under every held-out template: ``(prompt, attributes)``."""
     prompts = []
-    for shape in SHAPES:
-        for colour in COLOURS:
-            for background in BACKGROUNDS:
-                attributes = {"shape": shape, "colour": colour, "background": background}
-                prompts += [(prompt_for(template=t, **attributes), attributes) for t in HELDOUT_TEMPLATES]
+    for shape, colour, background in product(SHAPES, COLOURS, BACKGROUNDS):
+        attributes = {"shape": shape, "colour": colour, "background": background}
+        prompts += [(prompt_for(template=t, **attributes), attributes) for t in HELDOUT_TEMPLATES]
     return prompts
 
 
@@ -64,18 +64,12 @@ def measure_quality(
     """Generate ``samples_per_prompt`` images per held-out prompt and score them (see module docstring)."""
     sampler = sampler or model.default_sampler
     prompts = [(p, a) for p, a in heldout_prompts() for _ in range(samples_per_prompt)]
-    hits = {kind: 0 for kind in KINDS}
-    all_hits = 0
+    hits: list[dict[str, bool]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+        chunk = [p for p, _ in prompts[start : start + batch_size]]
         seeds = [seed + start + i for i in range(len(chunk))]
-        images = model.generate(model.encode_text([p for p, _ in chunk]), sampler, seed=seeds).images
-        predicted = detector.predict(images)
-        for i, (_, attributes) in enumerate(chunk):
-            right = [ATTRIBUTES[k][int(predicted[k][i])] == attributes[k] for k in KINDS]
-            for kind, ok in zip(KINDS, right):
-                hits[kind] += ok
-            all_hits += all(right)
+        hits += attribute_hits(detector, model.generate(model.encode_text(chunk), sampler, seed=seeds).images, chunk)
+    following = prompt_following(hits)
     fresh = make_dataset(2000, seed=seed + 77)
     labels = torch.stack([torch.as_tensor(fresh.labels[k]) for k in KINDS], dim=1)
     predicted = detector.predict(to_float_images(fresh.images))
@@ -84,5 +78,4 @@ def measure_quality(
     started = time.perf_counter()
     model.generate(cond, sampler, seed=0)
     seconds = time.perf_counter() - started
-    n = len(prompts)
-    return QualityReport({k: hits[k] / n for k in KINDS}, all_hits / n, n, detector_accuracy, seconds)
+    return QualityReport({k: following[k] for k in KINDS}, following["accuracy"], len(prompts), detector_accuracy, seconds)

@@ -128,6 +128,11 @@ class WorldDetector(ConceptDetector, nn.Module):
         ``SHAPES`` / ``COLOURS`` / ``BACKGROUNDS``."""
         return {kind: logits.argmax(dim=-1) for kind, logits in self(self._prepare(images)).items()}
 
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features ``[B, hidden]`` of float ``images`` ``[B, 3, H, W]`` in [0, 1] (for FID/KID)."""
+        return self.features(self._prepare(images) * 2.0 - 1.0)
+
     def weights_hash(self) -> str:
         return state_dict_sha256(self)
 

@@ -1,0 +1,68 @@
+"""The command line as a user meets it: help, errors with exit code 2, generate and erase on the built-in model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from varerase.cli import app
+
+runner = CliRunner()
+
+
+def _varerase(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "varerase", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_the_verbs():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for verb in ("demo", "erase", "generate", "train-tiny"):
+        assert verb in result.output
+
+
+def test_unknown_concept_fails_with_a_suggestion_and_exit_code_2(tmp_path):
+    result = _varerase("erase", "--concept", "circel", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "did you mean 'circle'" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_nonsensical_flags_are_refused(tmp_path):
+    result = _varerase("erase", "--concept", "circle", "--steps", "0", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "steps must be ≥ 1" in result.stderr
+    result = _varerase("generate", "-p", "a red circle", "--cfg", "-1", "--out", str(tmp_path / "g.png"))
+    assert result.returncode == 2 and "cfg must be ≥ 0" in result.stderr
+
+
+def test_malformed_pairs_file_names_file_and_line(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"original_prompt": "a", "modified_prompt": "b"}\n{"original_prompt": "c"}\n')
+    result = _varerase("erase", "--pairs", str(pairs), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "pairs.jsonl" in result.stderr and "line 2" in result.stderr
+
+
+def test_generate_writes_a_grid_and_is_deterministic(tmp_path):
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        result = runner.invoke(app, ["generate", "-p", "a red star on a striped background", "-n", "3", "--seed", "5", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    assert a.size[0] > a.size[1] and list(a.getdata()) == list(b.getdata())
+
+
+def test_erase_then_generate_with_the_edit(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["erase", "--concept", "circle", "--method", "sace", "--steps", "3", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "edit.safetensors", "metrics.json", "run.json"):
+        assert (run / name).exists()
+    result = runner.invoke(app, ["generate", "-p", "a red circle", "-n", "2", "--edit", str(run), "--out", str(tmp_path / "after.png")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["erase", "--concept", "circle", "--method", "sace", "--steps", "3", "--out", str(run)])
+    assert result.exit_code != 0  # a finished run is not overwritten

@@ -1,0 +1,62 @@
+"""The shipped built-in model: loads offline, is deterministic, follows prompts; its detector is accurate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from varerase.data.world import KINDS, make_dataset, to_float_images
+from varerase.evaluation.detectors.registry import load_world_detector
+from varerase.evaluation.metrics import attribute_hits, prompt_following
+from varerase.models.registry import load_model
+from varerase.tiny.quality import heldout_prompts
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_world_detector()
+
+
+def _agreement(model, detector, count: int = 48) -> float:
+    """Fraction of held-out prompts whose image shows all three named attributes."""
+    prompts = [p for p, _ in heldout_prompts()[:: len(heldout_prompts()) // count][:count]]
+    images = model.generate(model.encode_text(prompts), model.default_sampler, seed=list(range(len(prompts)))).images
+    return prompt_following(attribute_hits(detector, images, prompts))["accuracy"]
+
+
+def test_shipped_weights_load_offline_with_their_default_sampler(tiny, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert tiny.token_kind == "bitwise" and tiny.bits == 12
+    assert tiny.schedule[-1] == (8, 8)
+    assert tiny.default_sampler.cfg > 1
+
+
+def test_same_seed_same_images(tiny):
+    cond = tiny.encode_text(["a green heart on a dotted background"] * 2)
+    a = tiny.generate(cond, tiny.default_sampler, seed=3).images
+    b = tiny.generate(cond, tiny.default_sampler, seed=3).images
+    c = tiny.generate(cond, tiny.default_sampler, seed=4).images
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_detector_is_accurate_on_fresh_world_images(detector):
+    fresh = make_dataset(400, seed=987654)
+    predicted = detector.predict(to_float_images(fresh.images))
+    for kind in KINDS:
+        accuracy = (predicted[kind] == torch.as_tensor(fresh.labels[kind])).float().mean().item()
+        assert accuracy >= 0.98, (kind, accuracy)
+
+
+def test_trained_model_follows_heldout_prompts_and_an_untrained_one_does_not(tiny, detector):
+    from varerase.models.infinity.model import InfinityModel
+    from varerase.models.infinity.transformer import InfinityTransformer
+
+    assert _agreement(tiny, detector) >= 0.6
+    torch.manual_seed(0)
+    untrained = InfinityModel(InfinityTransformer(tiny.config), tiny.vae, tiny.text_encoder, default_sampler=tiny.default_sampler).eval()
+    assert _agreement(untrained, detector) < 0.2
