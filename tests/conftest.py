@@ -7,9 +7,12 @@ import os
 import pytest
 import torch
 
+from varerase.evaluation.detectors.base import ConceptDetector
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny models are fastest on one thread, and two threads spin-wait badly on shared cores.
+torch.set_num_threads(1)
 
 TINY_SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4)]
 
@@ -90,3 +93,25 @@ def tiny_text_model():
 
     torch.manual_seed(0)
     return InfinityModel(InfinityTransformer(tiny_transformer_config()), vae=None, text_encoder=WordHashEncoder()).eval()
+
+
+class FunctionDetector(ConceptDetector):
+    """A stand-in detector: every concept in ``concepts`` gets the score ``score(images)`` ``[B]``."""
+
+    name = "function"
+
+    def __init__(self, score, concepts=None) -> None:
+        from varerase.data.world import SYNONYMS
+
+        concepts = tuple(SYNONYMS) if concepts is None else concepts
+        self.score, self._concepts = score, tuple(concepts)
+
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        return self._concepts
+
+    def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {concept: self.score(images) for concept in self.concepts}
+
+    def weights_hash(self) -> str:
+        return "none"

@@ -105,3 +105,98 @@ def generate(
         cond = loaded.encode_text([p for p, _ in chunk])
         images.append(loaded.generate(cond, sampler, seed=[s for _, s in chunk]).images)
     return torch.cat(images)
+
+
+def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | Path | None = None, max_per_group: int | None = None) -> dict:
+    """Prompt groups to evaluate on: the world's groups for ``concepts`` and/or a user CSV (I2P, Six-CD, COCO)."""
+    from varerase.evaluation.prompts import group_prompts, load_prompt_csv, world_prompt_groups
+
+    if not concepts and prompts_file is None:
+        raise ConfigError("say what to evaluate: --concept NAME (built-in world) or --prompts FILE")
+    groups: dict = {}
+    if prompts_file is not None:
+        groups.update(group_prompts(load_prompt_csv(prompts_file, limit=max_per_group)))
+    if concepts and prompts_file is None:
+        groups.update(world_prompt_groups(concepts, max_per_group))
+    return groups
+
+
+def evaluate(
+    model: str | ScaleWiseModel = "tiny",
+    edit: str | Path | None = None,
+    concepts: Sequence[str] = (),
+    prompts_file: str | Path | None = None,
+    out: str | Path = "runs/eval",
+    detector: str = "world",
+    clip_model: str | None = None,
+    threshold: float | None = None,
+    samples_per_prompt: int = 2,
+    max_per_group: int | None = 24,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+    model_options: dict[str, Any] | None = None,
+    **sampling: Any,
+) -> dict:
+    """Generate, detect and score; with ``edit``, compare the edited model against the original.
+
+    Writes ``metrics.json`` (every figure and setting), image grids and ``report.html`` into ``out``.
+    """
+    from varerase.evaluation.detectors.registry import load_detector
+    from varerase.evaluation.evaluate import evaluate as run_evaluation
+    from varerase.evaluation.report import build_report
+
+    groups = evaluation_prompt_groups(concepts, prompts_file, max_per_group)
+    loaded = resolve_model(model, **(model_options or {}))
+    scorer = load_detector(detector, list(concepts), clip_model, threshold)
+    measured = list(concepts) or list(scorer.concepts)
+    edited = load_edit(loaded, edit) if edit is not None else None
+    metrics = run_evaluation(
+        edited or loaded, groups, scorer, sampler_for(loaded, **sampling), samples_per_prompt, batch_size, seed, out,
+        measured, reference_model=loaded if edited is not None else None, progress=progress,
+    )
+    build_report(out)
+    return metrics
+
+
+def attack(
+    model: str | ScaleWiseModel = "tiny",
+    edit: str | Path | None = None,
+    name: str = "paraphrase",
+    concept: str = "circle",
+    out: str | Path = "runs/attack",
+    detector: str = "world",
+    clip_model: str | None = None,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+    model_options: dict[str, Any] | None = None,
+):
+    """Run attack ``name`` against the (edited) model; writes ``attack.json`` and images into ``out``."""
+    from varerase.evaluation.attacks.registry import run_attack
+    from varerase.evaluation.detectors.registry import load_detector
+
+    loaded = resolve_model(model, edit, **(model_options or {}))
+    scorer = load_detector(detector, [concept], clip_model)
+    return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress)
+
+
+def issa(
+    model: str | ScaleWiseModel = "tiny",
+    edit: str | Path | None = None,
+    concept: str = "circle",
+    out: str | Path = "runs/issa",
+    seeds: int = 8,
+    max_pairs: int = 6,
+    detector: str | None = "world",
+    progress: bool = True,
+    model_options: dict[str, Any] | None = None,
+):
+    """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``."""
+    from varerase.evaluation.detectors.registry import load_detector
+    from varerase.evaluation.issa import run_issa
+
+    prompt_pairs = list(world_concept_prompts([concept]).pairs)
+    chosen = prompt_pairs[:: max(1, len(prompt_pairs) // max_pairs)][:max_pairs]
+    loaded = resolve_model(model, edit, **(model_options or {}))
+    scorer = load_detector(detector, [concept]) if detector else None
+    return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress)

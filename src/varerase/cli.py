@@ -122,6 +122,102 @@ def generate(
     console.print(f"wrote {len(images)} images to {out}")
 
 
+@app.command()
+def evaluate(
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of an erasure: compare edited vs original."),
+    concept: list[str] = typer.Option([], "--concept", help="World concept(s) to measure (built-in model)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt CSV (I2P, Six-CD or COCO-30k columns)."),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, grids and report.html."),
+    detector: str = typer.Option("world", "--detector", help="world, nudenet (extra varerase[nudity]) or clip."),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Detector threshold (detector default if unset)."),
+    samples: int = typer.Option(2, "--samples", help="Images per prompt."),
+    max_per_group: Optional[int] = typer.Option(24, "--max-per-group", help="Prompts per group (evenly spaced)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per generation batch."),
+    seed: int = typer.Option(0, "--seed", help="Base seed (prompts with their own seed keep it)."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
+    checkpoint: Optional[str] = CheckpointOpt,
+    vae: Optional[str] = VaeOpt,
+    text_encoder: Optional[str] = TextEncoderOpt,
+    device: str = DeviceOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
+) -> None:
+    """Evaluate a model (or an edit against its original): presence, erasure, prompt-following, FID/KID, report."""
+    from varerase import api
+
+    metrics = api.evaluate(
+        model, edit, concept, prompts, out, detector, clip_model, threshold, samples, max_per_group, batch_size, seed,
+        model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision), cfg=cfg,
+    )
+    sections = [s for s in ("before", "after", "model") if s in metrics]
+    table = Table(title="concept presence per prompt group")
+    table.add_column("group")
+    for section in sections:
+        table.add_column(section)
+    for group in metrics[sections[0]]["groups"]:
+        cells = []
+        for section in sections:
+            presence = metrics[section]["groups"][group]["presence"]
+            cells.append(", ".join(f"{c} {v:.0%}" for c, v in presence.items()))
+        table.add_row(group, *cells)
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="An evaluation folder holding metrics.json.")) -> None:
+    """Rebuild report.html from a saved evaluation."""
+    from varerase.evaluation.report import build_report
+
+    console.print(f"wrote {build_report(run)}")
+
+
+@app.command()
+def attack(
+    attack_name: str = typer.Option("paraphrase", "--attack", help="paraphrase, ring-a-bell, unlearndiff or soft-prompt."),
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of the erasure to attack."),
+    concept: str = typer.Option("circle", "--concept", help="The erased concept to bring back."),
+    out: Path = typer.Option(..., "--out", help="Folder for attack.json and images."),
+    detector: str = typer.Option("world", "--detector", help="world, nudenet or clip."),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
+    device: str = DeviceOpt,
+) -> None:
+    """Try to bring an erased concept back; reports the attack success rate (ASR) and the prompts found."""
+    from varerase import api
+
+    result = api.attack(model, edit, attack_name, concept, out, detector, clip_model, model_options={"device": device})
+    console.print(f"{attack_name}: ASR {result.asr:.0%} over {len(result.prompts)} prompts → {out}")
+
+
+analyze_app = typer.Typer(help="Analyses of where concepts live in a model.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("issa")
+def analyze_issa(
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of an erasure to analyse instead of the original."),
+    concept: str = typer.Option("circle", "--concept", help="World concept whose entry scale to find."),
+    out: Path = typer.Option(..., "--out", help="Folder for issa.json, the plot and image strips."),
+    seeds: int = typer.Option(8, "--seeds", help="Seeds per prompt pair."),
+    pairs: int = typer.Option(6, "--pairs", help="Prompt pairs (evenly spaced over the concept's pairs)."),
+) -> None:
+    """ISSA: switch the prompt at each scale and see where the concept enters (METHODS.md §5)."""
+    from varerase import api
+
+    result = api.issa(model, edit, concept, out, seeds, pairs)
+    table = Table(title=f"ISSA for '{concept}'")
+    for column in ("switch scale k", "P(k)", "S_k", "KL(c_u‖c_a)"):
+        table.add_column(column, justify="right")
+    presence, salience, kl = result.presence, result.saliency, result.kl
+    for k in range(len(presence)):
+        table.add_row(str(k), f"{presence[k]:.2f}", f"{salience[k]:+.2f}" if k < len(salience) else "", f"{kl[k]:.3f}" if k < len(kl) else "")
+    console.print(table)
+    console.print(f"'{concept}' enters at scale {result.entry_scale} (of {len(result.schedule)}) → {out}")
+
+
 @app.command("train-tiny")
 def train_tiny(
     out: Path = typer.Option(..., "--out", help="Folder for the trained model (load it with --model DIR)."),

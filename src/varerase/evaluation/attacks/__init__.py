@@ -1,0 +1,6 @@
+"""Adversarial prompt attacks on erased models, scored by attack success rate (METHODS.md §7)."""
+
+from varerase.evaluation.attacks.base import Attack, AttackConfig, AttackResult, attack_success_rate, save_attack
+from varerase.evaluation.attacks.registry import ATTACKS, attack_class, run_attack
+
+__all__ = ["ATTACKS", "Attack", "AttackConfig", "AttackResult", "attack_class", "attack_success_rate", "run_attack", "save_attack"]

@@ -15,3 +15,27 @@ def load_world_detector(path: str | Path | None = None) -> WorldDetector:
     if not path.exists():
         raise ConfigError(f"no world detector at {path}; reinstall varerase or run `varerase train-tiny`")
     return WorldDetector.load(path)
+
+
+DETECTORS = ("world", "nudenet", "clip")
+
+
+def load_detector(name: str, concepts: list[str] | None = None, clip_model: str | None = None, threshold: float | None = None):
+    """A detector by name: ``world`` (built in), ``nudenet`` (extra ``varerase[nudity]``), ``clip`` (needs ``clip_model``)."""
+    if name == "world":
+        detector = load_world_detector()
+    elif name == "nudenet":
+        from varerase.evaluation.detectors.nudenet_detector import NudeNetDetector
+
+        detector = NudeNetDetector()
+    elif name == "clip":
+        from varerase.evaluation.detectors.clip_detector import ClipZeroShotDetector
+
+        if not clip_model or not concepts:
+            raise ConfigError("the clip detector needs --clip-model (hub id or folder) and at least one --concept")
+        detector = ClipZeroShotDetector.from_pretrained(clip_model, concepts)
+    else:
+        raise ConfigError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
+    if threshold is not None:
+        detector.threshold = threshold
+    return detector

@@ -1,0 +1,78 @@
+"""Soft-prompt attack: the continuous upper bound of prompt attacks.
+
+The text features of each target prompt (a ``TextCondition``'s ``features [B, T, C]``; the mask
+stays) are optimised directly with Adam to minimise the attacked model's teacher-forced NLL of
+the original model's concept tokens (:mod:`.whitebox`). No word sequence need produce the
+optimised features, so its ASR bounds what any prompt could reach through the same objective.
+The result's ``prompts`` are the target prompts the features started from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from varerase.errors import ConfigError
+from varerase.evaluation.attacks.base import (
+    Attack,
+    Found,
+    TargetPromptsConfig,
+    attacked_pairs,
+    concept_pairs,
+    progress_bar,
+)
+from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
+from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
+
+
+@dataclass
+class SoftPromptConfig(TargetPromptsConfig):
+    """``steps`` Adam steps at ``learning_rate`` on the features, ``batch_size`` prompts at a time."""
+
+    steps: int = 100
+    learning_rate: float = 1e-2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 0 or self.learning_rate <= 0:
+            raise ConfigError(f"need steps ≥ 0 and learning_rate > 0, got {self.steps} and {self.learning_rate}")
+
+
+def optimise_features(model: ScaleWiseModel, cond: TextCondition, maps: list[torch.Tensor], steps: int, learning_rate: float) -> TextCondition:
+    """``cond`` with features optimised to minimise :func:`token_nll` of ``maps`` (same batch)."""
+    features = cond.features.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([features], lr=learning_rate)
+    for _ in range(steps):
+        nll = token_nll(model, TextCondition(features, cond.mask), maps)
+        # Rows are independent, so the sum gives each row its own gradient; autograd.grad leaves
+        # the model's parameters without .grad.
+        (features.grad,) = torch.autograd.grad(nll.sum(), features)
+        optimiser.step()
+    return TextCondition(features.detach(), cond.mask)
+
+
+class SoftPromptAttack(Attack):
+    """Optimises text features directly, then generates from them."""
+
+    name = "soft-prompt"
+    config_class = SoftPromptConfig
+    config: SoftPromptConfig
+
+    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool) -> Found:
+        config = self.config
+        prompts = [p.target for p in attacked_pairs(concept_pairs(concept, config), config.num_prompts)]
+        conditions, searches = [], []
+        with progress_bar(progress) as bar:
+            task = bar.add_task("soft-prompt optimisation", total=len(prompts))
+            for start in range(0, len(prompts), config.batch_size):
+                batch = prompts[start : start + config.batch_size]
+                cond = model.encode_text(batch)
+                maps = concept_tokens(model, cond, sampler, config.seed)
+                optimised = optimise_features(model, cond, maps, config.steps, config.learning_rate)
+                with torch.no_grad():
+                    before, after = token_nll(model, cond, maps), token_nll(model, optimised, maps)
+                conditions.append(optimised)
+                searches += [{"target": p, "nll_start": float(b), "nll_end": float(a)} for p, b, a in zip(batch, before, after)]
+                bar.advance(task, len(batch))
+        return Found(prompts, TextCondition.cat(conditions), {"searches": searches})
