@@ -218,6 +218,23 @@ def analyze_issa(
     console.print(f"'{concept}' enters at scale {result.entry_scale} (of {len(result.schedule)}) → {out}")
 
 
+@app.command()
+def benchmark(
+    model: str = typer.Option("tiny", "--model", help="Model (the benchmark's prompt groups are the built-in world's)."),
+    concepts: str = typer.Option("circle,red,striped", "--concepts", help="Comma-separated world concepts."),
+    methods: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
+    out: Path = typer.Option(..., "--out", help="Folder for runs, results.md/json and tradeoff.png."),
+    samples: int = typer.Option(2, "--samples", help="Images per prompt."),
+) -> None:
+    """Every method on the same concepts: erasure, preservation, FID/KID, time, compute — one table."""
+    from varerase.api import resolve_model
+    from varerase.benchmark import markdown_table, run_benchmark
+
+    rows = run_benchmark(resolve_model(model), concepts.split(","), methods.split(","), out, samples)
+    console.print(markdown_table(rows))
+    console.print(f"results: {out / 'results.md'}, plot: {out / 'tradeoff.png'}")
+
+
 @app.command("train-tiny")
 def train_tiny(
     out: Path = typer.Option(..., "--out", help="Folder for the trained model (load it with --model DIR)."),
