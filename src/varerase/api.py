@@ -62,14 +62,16 @@ def erase(
     resume: bool = False,
     progress: bool = True,
     model_options: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
     **settings: Any,
 ) -> ErasureResult:
     """Erase ``concepts`` (world names) and/or the pairs in ``pairs`` from ``model`` with ``method``.
 
-    ``settings`` override the method's config (``steps``, ``lr``, ``batch_size``, ``lora_rank`` …);
+    ``settings`` override the method's config (``steps``, ``lr``, ``batch_size``, ``lora_rank`` …),
+    which ``config_file`` (YAML) sets first;
     ``out`` is the run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
     """
-    config = method_config(method, preset, settings)
+    config = method_config(method, preset, settings, str(config_file) if config_file else None)
     prompt_pairs, retain = erasure_prompts(concepts, pairs)  # bad input fails before a model loads
     loaded = resolve_model(model, **(model_options or {}))
     extra = {"model": model if isinstance(model, str) else type(model).__name__, "concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None, "preset": preset}

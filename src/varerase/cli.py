@@ -68,6 +68,7 @@ def erase(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Prompt pairs: JSON/JSONL/CSV with original_prompt/modified_prompt or unsafe_prompt/safe_prompt."),
     out: Path = typer.Option(..., "--out", "--output_dir", help="Run directory to create."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Method preset, e.g. 'reference' (official S-VARE settings)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method settings (flags override it)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompt pairs per step."),
@@ -85,7 +86,7 @@ def erase(
     from varerase import api
 
     result = api.erase(
-        model, method, concept, pairs, out, preset=preset, resume=resume,
+        model, method, concept, pairs, out, preset=preset, resume=resume, config_file=config,
         model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
         steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,
     )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 
+from varerase.config import dataclass_from_dict
 from varerase.data.pairs import PromptPair
 from varerase.errors import ConfigError
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
@@ -61,13 +62,9 @@ class MethodConfig:
         return SamplerConfig(cfg=self.generation_cfg, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "MethodConfig":
-        """Build from a flat dict, rejecting unknown keys with the list of known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> "MethodConfig":
+        """Build from a flat dict: unknown keys and ill-typed values are ConfigErrors naming them."""
+        return dataclass_from_dict(cls, values, source or cls.__name__)
 
 
 class Eraser(abc.ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
+from varerase.config import read_yaml_settings
 from varerase.errors import ConfigError
 from varerase.methods.base import Eraser, MethodConfig
 from varerase.methods.esd import ESD
@@ -27,8 +28,8 @@ def eraser_class(name: str) -> type[Eraser]:
     return ERASERS[name]
 
 
-def method_config(name: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> MethodConfig:
-    """The config of method ``name``: defaults (or ``preset``), then ``overrides`` (None values ignored)."""
+def method_config(name: str, preset: str | None = None, overrides: dict[str, Any] | None = None, config_file: str | None = None) -> MethodConfig:
+    """The config of method ``name``: defaults (or ``preset``), then a YAML ``config_file``, then ``overrides`` (None values ignored)."""
     cls = eraser_class(name)
     if preset in (None, "default"):
         base = cls.config_class()
@@ -38,5 +39,7 @@ def method_config(name: str, preset: str | None = None, overrides: dict[str, Any
         known = ["default"] + [p for (m, p) in PRESETS if m == name]
         raise ConfigError(f"method {name!r} has no preset {preset!r}; known: {', '.join(known)}")
     values = {k: v for k, v in vars(base).items()}
+    if config_file is not None:
+        values.update(read_yaml_settings(config_file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return cls.config_class.from_dict(values)
+    return cls.config_class.from_dict(values, source=config_file or f"{name} settings")

@@ -24,3 +24,32 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str |
                 parts.append(f"  {len(items)} {title}: {shown}")
         raise CheckpointError("\n".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; an unreadable file is a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(path)
+    except Exception as error:  # the safetensors parser's own errors: report the file, not the parser
+        raise CheckpointError(f"could not read {path} as safetensors: {error}") from error
+
+
+def read_json_config(path: str | Path) -> dict:
+    """A JSON object from ``path``; a missing or malformed file is a CheckpointError naming it."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path.parent} holds no {path.name}; expected a folder written by save_pretrained")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"could not read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data

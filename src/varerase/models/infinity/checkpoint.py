@@ -8,15 +8,13 @@ Loading is strict: any missing, unexpected or mis-shaped key is an error that li
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from varerase.errors import CheckpointError
-from varerase.models.loading import load_strict
+from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
 from varerase.models.schedule import infinity_schedule
 
@@ -75,14 +73,16 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             if not shards:
                 raise CheckpointError(f"{path} holds neither model.safetensors.index.json nor *.safetensors files")
         else:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            shards = sorted({index_path.parent / name for name in weight_map.values()})
+            weight_map = read_json_config(index_path).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index_path} has no weight_map")
+            shards = sorted({index_path.parent / str(name) for name in weight_map.values()})
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(shard))
+            state.update(read_safetensors(shard))
         return state
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return read_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or non-tensor pickle: say which file, not where torch failed

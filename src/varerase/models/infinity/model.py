@@ -7,17 +7,16 @@ An :class:`InfinityModel` joins the transformer, the bitwise multi-scale VAE and
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from varerase.errors import CheckpointError
-from varerase.models.loading import load_strict
+from varerase.config import dataclass_from_dict
+from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.base import (
     ConditionSwitch,
     FirstScaleOverride,
@@ -223,18 +222,18 @@ class InfinityModel(ScaleWiseModel):
     ) -> "InfinityModel":
         """Load what :meth:`save_pretrained` wrote (strict). ``text_encoder`` overrides the saved reference."""
         directory = Path(directory)
-        config_path = directory / "config.json"
-        if not config_path.exists():
-            raise CheckpointError(f"{directory} holds no config.json; expected a folder written by save_pretrained")
-        config = json.loads(config_path.read_text())
-        transformer = InfinityTransformer(InfinityConfig(**config["transformer"]))
-        load_strict(transformer, load_file(directory / "transformer.safetensors"), directory / "transformer.safetensors")
+        config = read_json_config(directory / "config.json")
+        if not isinstance(config.get("transformer"), dict):
+            raise CheckpointError(f"{directory / 'config.json'} has no 'transformer' settings")
+        source = str(directory / "config.json")
+        transformer = InfinityTransformer(dataclass_from_dict(InfinityConfig, config["transformer"], f"{source}: transformer"))
+        load_strict(transformer, read_safetensors(directory / "transformer.safetensors"), directory / "transformer.safetensors")
         vae = None
         if "vae" in config and (directory / "vae.safetensors").exists():
-            vae = BitwiseVAE(BitwiseVAEConfig(**config["vae"]))
-            load_strict(vae, load_file(directory / "vae.safetensors"), directory / "vae.safetensors")
+            vae = BitwiseVAE(dataclass_from_dict(BitwiseVAEConfig, config["vae"], f"{source}: vae"))
+            load_strict(vae, read_safetensors(directory / "vae.safetensors"), directory / "vae.safetensors")
         if text_encoder is None and "text_encoder" in config:
-            text_encoder = TextEncoder.from_config(TextEncoderConfig(**config["text_encoder"]))
-        sampler = SamplerConfig(**config["default_sampler"]) if "default_sampler" in config else None
+            text_encoder = TextEncoder.from_config(dataclass_from_dict(TextEncoderConfig, config["text_encoder"], f"{source}: text_encoder"))
+        sampler = dataclass_from_dict(SamplerConfig, config["default_sampler"], f"{source}: default_sampler") if "default_sampler" in config else None
         model = cls(transformer, vae, text_encoder, config.get("autocast_dtype"), sampler)
         return model.to(device).eval().requires_grad_(False)

@@ -62,6 +62,12 @@ class InfinityConfig:
 
     def __post_init__(self) -> None:
         self.schedule = [tuple(s) for s in self.schedule]
+        # Bounds far above any released model: a corrupt config fails here, not in an allocation.
+        for name, high in (("depth", 512), ("width", 32768), ("num_heads", 512), ("text_channels", 32768), ("text_max_length", 8192), ("bits", 4096)):
+            if not 1 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in 1..{high}, got {getattr(self, name)}")
+        if not self.schedule or any(len(s) != 2 or not (1 <= s[0] <= 1024 and 1 <= s[1] <= 1024) for s in self.schedule):
+            raise ValueError(f"schedule must be a non-empty list of (h, w) sizes in 1..1024, got {self.schedule}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if (self.width // self.num_heads) % 4:

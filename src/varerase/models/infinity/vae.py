@@ -13,7 +13,6 @@ so an official key such as ``encoder.down.0.block.0.conv1.conv.weight`` is our
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +20,12 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from varerase.errors import CheckpointError, ConfigError
 from varerase.io import atomic_save_safetensors, atomic_write_json
-from varerase.models.loading import load_strict
+from varerase.config import dataclass_from_dict
+from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.infinity.bsq import Schedule, bits_to_codes, multiscale_quantize, upsample
 
 _NORM_EPS = 1e-6
@@ -333,8 +332,8 @@ class BitwiseVAE(nn.Module):
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         if not config_path.exists() or not weights_path.exists():
             raise CheckpointError(f"{directory} needs config.json and model.safetensors (written by save_pretrained)")
-        vae = cls(BitwiseVAEConfig(**json.loads(config_path.read_text())))
-        load_strict(vae, load_file(weights_path), weights_path)
+        vae = cls(dataclass_from_dict(BitwiseVAEConfig, read_json_config(config_path), str(config_path)))
+        load_strict(vae, read_safetensors(weights_path), weights_path)
         return vae.to(device).eval()
 
 
