@@ -71,11 +71,17 @@ def erase(
     which ``config_file`` (YAML) sets first;
     ``out`` is the run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
     """
+    from varerase.training.distributed import DistributedContext
+
     config = method_config(method, preset, settings, str(config_file) if config_file else None)
     prompt_pairs, retain = erasure_prompts(concepts, pairs)  # bad input fails before a model loads
-    loaded = resolve_model(model, **(model_options or {}))
+    context = DistributedContext.from_environment()  # under torchrun: join, and pick this rank's GPU
+    options = dict(model_options or {})
+    if context.is_distributed and str(options.get("device", "cpu")) == "cuda":
+        options["device"] = f"cuda:{context.local_rank}"
+    loaded = resolve_model(model, **options)
     extra = {"model": model if isinstance(model, str) else type(model).__name__, "concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None, "preset": preset}
-    return run_erasure(loaded, method, prompt_pairs, config, retain, run_dir=out, resume=resume, progress=progress, extra_config=extra)
+    return run_erasure(loaded, method, prompt_pairs, config, retain, run_dir=out, resume=resume, progress=progress, extra_config=extra, context=context)
 
 
 @torch.no_grad()

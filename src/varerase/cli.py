@@ -91,6 +91,10 @@ def erase(
         steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,
     )
     metrics = result.metrics
+    from varerase.training.distributed import DistributedContext
+
+    if not DistributedContext.current().is_main:
+        return
     console.print(f"[green]done[/green]: {metrics['steps']} steps in {metrics['wall_seconds']:.1f} s, "
                   f"{metrics['forward_tokens']:,} forward tokens → {out / 'edit.safetensors'}")
 

@@ -13,6 +13,7 @@ from varerase.config import dataclass_from_dict
 from varerase.data.pairs import PromptPair
 from varerase.errors import ConfigError
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
+from varerase.training.distributed import DistributedContext
 from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
 from varerase.training.trainer import TrainerConfig, UpdateFn, step_generator
 
@@ -71,7 +72,8 @@ class Eraser(abc.ABC):
     """A concept-erasure method: owns an edit of a frozen model and the losses that train it.
 
     ``pairs`` are ``(target c_u, anchor c_a)`` prompt pairs; ``retain_prompts`` are benign prompts
-    some methods preserve. ``cache_dir`` holds the teacher cache (auxiliary tokens).
+    some methods preserve. ``cache_dir`` holds the teacher cache (auxiliary tokens). ``context``:
+    the ranks training together (default: this process alone); each draws its slice of every batch.
     """
 
     name: ClassVar[str]
@@ -87,6 +89,7 @@ class Eraser(abc.ABC):
         retain_prompts: Sequence[str] = (),
         cache_dir: str | Path | None = None,
         progress: bool = True,
+        context: DistributedContext | None = None,
     ) -> None:
         if not pairs:
             raise ConfigError("no prompt pairs to erase with")
@@ -96,6 +99,7 @@ class Eraser(abc.ABC):
         self.retain_prompts = list(retain_prompts)
         self.cache_dir = cache_dir
         self.progress = progress
+        self.context = context or DistributedContext()
         self.edit = ParameterEdit(model, EditConfig(config.groups, config.lora_rank, config.lora_alpha, self.edit_scope))
         self.edited = EditedModel(model, self.edit)
         self.forward_tokens = 0  # token positions pushed through the transformer by training steps
@@ -109,10 +113,14 @@ class Eraser(abc.ABC):
 
     # --- helpers for subclasses ---------------------------------------------------------------
     def sample_indices(self, index: int, population: int, count: int | None = None, stream: int = 0) -> list[int]:
-        """``count`` (default batch size) indices into ``range(population)`` for step ``index``; replays on resume."""
+        """This rank's share of ``count`` (default batch size) indices into ``range(population)`` for step ``index``.
+
+        Every rank draws the same global batch and keeps its slice, so the ranks together train on
+        the batch a single process would; replays on resume.
+        """
         generator = step_generator(self.config.seed + 7919 * stream, index)
         count = count or self.config.batch_size
-        return torch.randint(0, population, (count,), generator=generator).tolist()
+        return self.context.split_batch(torch.randint(0, population, (count,), generator=generator).tolist())
 
     def aux_requests(self) -> list[tuple[str, int]]:
         """Every ``(anchor prompt, seed)`` whose auxiliary tokens training uses."""

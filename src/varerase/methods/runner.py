@@ -2,13 +2,16 @@
 
 A run directory is marked finished only by ``run.json`` with ``"status": "complete"``, written
 last; every file is written atomically, so an interrupted run is never mistaken for a finished one.
+
+Under ``torchrun`` every rank runs this function: the ranks share the batch (DDP), rank 0 alone
+writes the run directory, and it returns on every rank once the directory is complete.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +21,7 @@ from varerase.io import atomic_write_json, atomic_write_yaml
 from varerase.methods.base import MethodConfig
 from varerase.methods.registry import eraser_class
 from varerase.models.base import ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 from varerase.training.edits import EditedModel
 from varerase.training.trainer import Trainer, seed_everything
 
@@ -39,6 +43,14 @@ def run_status(run_dir: Path) -> str:
     return "incomplete" if run_dir.exists() and any(run_dir.iterdir()) else "absent"
 
 
+def check_batches_split(config: MethodConfig, context: DistributedContext) -> None:
+    """Refuse batch sizes (``batch_size``, ``benign_batch_size`` …) the ranks cannot share evenly."""
+    for f in fields(config):
+        size = getattr(config, f.name)
+        if f.name.endswith("batch_size") and size % context.world_size:
+            raise ConfigError(f"{f.name} {size} does not split over {context.world_size} processes; choose a multiple of {context.world_size}")
+
+
 def run_erasure(
     model: ScaleWiseModel,
     method: str,
@@ -50,12 +62,19 @@ def run_erasure(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     extra_config: dict | None = None,
+    context: DistributedContext | None = None,
 ) -> ErasureResult:
     """Erase with ``method`` and write the run directory (if given); see module docstring.
 
     ``resume=True`` continues an interrupted run from its last saved state and ends with the
     same edit as an uninterrupted run. ``cache_dir`` defaults to ``run_dir/teacher_cache``.
+    ``context`` defaults to the processes torchrun started (this one alone without torchrun).
     """
+    context = context or DistributedContext.from_environment()
+    context.check_device(model)
+    progress = progress and context.is_main
+    if eraser_class(method).trains:
+        check_batches_split(config, context)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         status = run_status(run_dir)
@@ -65,8 +84,9 @@ def run_erasure(
             raise ConfigError(f"{run_dir} holds an unfinished run; pass --resume to continue it or choose another --out")
         if cache_dir is None:
             cache_dir = run_dir / "teacher_cache"
+    context.barrier()  # every rank has read the run directory's status before rank 0 writes to it
     seed_everything(config.seed)
-    eraser = eraser_class(method)(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress)
+    eraser = eraser_class(method)(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress, context=context)
     resolved = {
         "method": method,
         "method_config": asdict(config),
@@ -75,7 +95,7 @@ def run_erasure(
         "retain_prompts": list(retain_prompts),
         **(extra_config or {}),
     }
-    if run_dir is not None:
+    if run_dir is not None and context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "config.yaml").exists()):  # a resumed run keeps its original config
             atomic_write_yaml(resolved, run_dir / "config.yaml")
@@ -86,9 +106,12 @@ def run_erasure(
     prepare_seconds = time.perf_counter() - started
     history, resumed_from = [], 0
     if eraser.trains:  # closed-form methods (UCE) finish their edit in prepare()
-        trainer = Trainer(eraser.edit, config.trainer_config(), run_dir, progress=progress)
+        trainer = Trainer(eraser.edit, config.trainer_config(), run_dir, progress=progress, context=context)
         resumed_from = trainer.step if resume and trainer.load_state() else 0
-        history = trainer.run(eraser.step, description=f"{method}")
+        # DDP wraps the edit after it is loaded, for training only: later uses of the edited model
+        # (evaluation on one rank, say) must not wait for the other ranks' gradients.
+        with eraser.edited.edit_called_through(context.data_parallel(eraser.edit)):
+            history = trainer.run(eraser.step, description=f"{method}")
     seconds = time.perf_counter() - started
     metrics = {
         "method": method,
@@ -96,11 +119,13 @@ def run_erasure(
         "resumed_from_step": resumed_from,
         "wall_seconds": round(seconds, 3),
         "prepare_seconds": round(prepare_seconds, 3),
-        "forward_tokens": eraser.forward_tokens,
+        "forward_tokens": sum(context.all_gather_objects(eraser.forward_tokens)),
+        "world_size": context.world_size,
         "final": history[-1] if history else {},
     }
-    if run_dir is not None:
+    if run_dir is not None and context.is_main:
         eraser.edit.save(run_dir / "edit.safetensors", model, extra_metadata={"method": method})
         atomic_write_json(metrics, run_dir / "metrics.json")
         atomic_write_json({"status": "complete", "method": method}, run_dir / "run.json")
+    context.barrier()  # no rank returns before the run directory is complete
     return ErasureResult(eraser.edited_model(), run_dir, metrics)

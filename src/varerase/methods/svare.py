@@ -56,7 +56,8 @@ class SVARE(AuxiliaryTokenEraser):
         rate = self.config.condition_dropout
         if rate == 0.0:
             return cond
-        drop = torch.rand(cond.batch_size, generator=step_generator(self.config.seed + stream, index)) < rate
+        # Drawn for the global batch, then sliced: the ranks of a distributed run drop what one process would.
+        drop = self.context.split_batch(torch.rand(self.config.batch_size, generator=step_generator(self.config.seed + stream, index)) < rate)
         if not drop.any():
             return cond
         null = self.model.null_condition(cond)

@@ -3,7 +3,8 @@
 For a prompt the frozen model generates token maps ``r`` (the *auxiliary visual tokens*) and we
 keep, with them, the CFG-combined logits ``z_γ`` it sampled them from. Entries are safetensors
 files keyed by model fingerprint, prompt, seed and sampler settings, so a second run (or a
-resumed one) reuses them instead of generating again.
+resumed one) reuses them instead of generating again. Under ``torchrun`` the ranks share the
+generation work (:meth:`TeacherCache.fill`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.progress import Progress
 
 from varerase.io import atomic_save_safetensors
 from varerase.models.base import SamplerConfig, ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 
 
 @dataclass
@@ -73,13 +75,44 @@ class TeacherCache:
         self._memory[key] = sample
         return sample
 
-    def fill(self, requests: Sequence[tuple[str, int]], progress: bool = True, description: str = "auxiliary tokens") -> None:
-        """Make sure every ``(prompt, seed)`` is cached, with a progress bar."""
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(description, total=len(requests))
-            for prompt, seed in requests:
+    def fill(
+        self,
+        requests: Sequence[tuple[str, int]],
+        progress: bool = True,
+        description: str = "auxiliary tokens",
+        context: DistributedContext | None = None,
+    ) -> None:
+        """Make sure every ``(prompt, seed)`` is cached, with a progress bar.
+
+        With several ranks (``context``, default: the process group joined, if any) this is
+        collective: every rank calls it with the same requests, generates its share, and ends
+        holding every entry (see :meth:`_share`).
+        """
+        context = context or DistributedContext.current()
+        unique = list(dict.fromkeys(requests))
+        mine = context.shard(unique)
+        with Progress(disable=not (progress and context.is_main), transient=True) as bar:
+            task = bar.add_task(description, total=len(mine))
+            for prompt, seed in mine:
                 self.get(prompt, seed)
                 bar.advance(task)
+        if context.is_distributed:
+            self._share(unique, context)
+
+    def _share(self, requests: list[tuple[str, int]], context: DistributedContext) -> None:
+        """After each rank generated its share of ``requests``: load every entry on every rank.
+
+        With a directory, the ranks' files are read back after a barrier (the directory must be
+        one all ranks see; where it is not, :meth:`get` regenerates what is missing). Without one,
+        the entries themselves are exchanged.
+        """
+        if self.directory is None:
+            for entries in context.all_gather_objects(self._memory):
+                self._memory.update(entries)
+        else:
+            context.barrier()
+        for prompt, seed in requests:
+            self.get(prompt, seed)
 
     def batch(self, requests: Sequence[tuple[str, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Stack samples: maps per scale ``[B, h, w, …]`` and logits ``[B, L, …]`` on the model's device."""

@@ -11,15 +11,17 @@ is always the base model itself, and an edit can be *scoped*:
   original weights (METHODS.md §4, ``context=original``; the ``adapted`` variant is not built).
 
 Edits are applied with :func:`torch.func.functional_call`, so a method's loss differentiates
-through the model without touching its parameters.
+through the model without touching its parameters. The overrides ``W + Δ`` come from calling the
+edit module itself (:meth:`ParameterEdit.forward`), so a data-parallel wrapper around it works.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from safetensors import safe_open
@@ -99,14 +101,18 @@ class ParameterEdit(nn.Module):
             return self.deltas[key]
         return self.lora_scaling * (self.lora_b[key] @ self.lora_a[key])
 
-    def overrides(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """``{parameter name: W + Δ}`` for :func:`functional_call` on ``model``."""
+    def forward(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``{parameter name: W + Δ}`` for :func:`functional_call` on ``model``.
+
+        The module's ``forward`` (not a plain method) so that a wrapper around the edit, such as
+        DDP, sees each use of the deltas and hooks into their backward.
+        """
         params = dict(model.named_parameters())
         return {name: params[name] + self.delta(name).to(params[name].dtype) for name in self.names}
 
     def changed_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Merged weights ``W + Δ`` of every edited parameter, detached."""
-        return {k: v.detach() for k, v in self.overrides(model).items()}
+        return {k: v.detach() for k, v in self(model).items()}
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
@@ -203,10 +209,22 @@ class EditedModel(ScaleWiseModel):
         self.bits = base.bits
         self.vocab_size = base.vocab_size
         self._caller = _MethodCall(base)
+        # The module whose call yields the overrides: the edit, or a wrapper around it while
+        # training in parallel. Set without registering it: the edit is a submodule already.
+        object.__setattr__(self, "_edit_forward", edit)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        overrides = {f"model.{k}": v for k, v in self.edit.overrides(self.base).items()}
+        overrides = {f"model.{k}": v for k, v in self._edit_forward(self.base).items()}
         return functional_call(self._caller, overrides, (method, *args), kwargs, strict=False)
+
+    @contextmanager
+    def edit_called_through(self, wrapper: nn.Module) -> Iterator[None]:
+        """Within the block, obtain the overrides by calling ``wrapper`` (e.g. DDP around :attr:`edit`), so its hooks fire."""
+        object.__setattr__(self, "_edit_forward", wrapper)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_edit_forward", self.edit)
 
     @property
     def scope(self) -> EditScope:

@@ -4,6 +4,9 @@ A method supplies a *step function* ``step(index, update) -> dict[str, float]`` 
 losses and calls ``update(loss)`` once per optimiser step it wants (S-VARE's reference update
 calls it twice). The trainer owns the optimiser, the RNG used for batches, the JSONL log and the
 ``state/`` folder that ``--resume`` reads.
+
+Under ``torchrun`` every rank runs the same loop on its slice of each batch; rank 0 alone writes
+the log and ``state/``, and every rank reads the same ``state/`` on resume.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 
 from varerase.errors import ConfigError, VarEraseError
 from varerase.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text
+from varerase.training.distributed import DistributedContext
 
 UpdateFn = Callable[[torch.Tensor], float]
 StepFn = Callable[[int, UpdateFn], dict[str, float]]
@@ -84,13 +88,23 @@ class Trainer:
 
     ``run_dir`` (optional) receives ``log.jsonl`` and ``state/``; with ``resume=True`` the loop
     continues from the last saved state (optimiser, step, RNG, parameters) bit for bit.
+    ``context``: the ranks training together (default: this process alone); logged values are
+    their means, so the log reads as a single-process run's.
     """
 
-    def __init__(self, module: nn.Module, config: TrainerConfig, run_dir: str | Path | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        config: TrainerConfig,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        context: DistributedContext | None = None,
+    ) -> None:
         self.module = module
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress = progress
+        self.context = context or DistributedContext()
+        self.progress = progress and self.context.is_main
         self.parameters = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not self.parameters:
             raise ConfigError("nothing to train: the edit has no trainable parameters")
@@ -104,8 +118,8 @@ class Trainer:
         return self.run_dir / "state" if self.run_dir is not None else None
 
     def save_state(self) -> None:
-        """Write ``state/`` atomically: parameters (safetensors), optimiser and RNG (weights-only pickle)."""
-        if self.state_dir is None:
+        """Write ``state/`` atomically (rank 0 only): parameters (safetensors), optimiser and RNG (weights-only pickle)."""
+        if self.state_dir is None or not self.context.is_main:
             return
         import io
 
@@ -127,7 +141,7 @@ class Trainer:
         torch.set_rng_state(saved["torch_rng"])
         self.step = int(progress["step"])
         self.history = list(progress["history"])
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.context.is_main:
             # Steps logged after the saved state will run again: drop them from the log.
             lines = "".join(json.dumps(r) + "\n" for r in self.history if r["step"] % self.config.log_every == 0)
             atomic_write_text(lines, self.run_dir / "log.jsonl")
@@ -135,9 +149,12 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------------
     def _update(self, loss: torch.Tensor) -> float:
-        if not torch.isfinite(loss):
+        # Every rank sees every rank's loss: one rank stopping alone would leave the others waiting in backward.
+        losses = self.context.all_gather_objects(loss.item())
+        if not all(math.isfinite(value) for value in losses):
+            shown = losses[0] if len(losses) == 1 else f"{losses} (per rank)"
             raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {self.step + 1}; stopped, the last good state "
+                f"loss became {shown} at step {self.step + 1}; stopped, the last good state "
                 f"(step {self.step}) is kept — lower --lr or check the prompts"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -149,13 +166,13 @@ class Trainer:
     def run(self, step_fn: StepFn, description: str = "erasing") -> list[dict[str, float]]:
         """Run the remaining steps; returns the per-step log records."""
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
-        log_path = self.run_dir / "log.jsonl" if self.run_dir is not None else None
+        log_path = self.run_dir / "log.jsonl" if self.run_dir is not None and self.context.is_main else None
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
             task = bar.add_task(description, total=self.config.steps, completed=self.step, losses="")
             while self.step < self.config.steps:
-                record = step_fn(self.step, self._update)
+                record = self.context.mean({k: float(v) for k, v in step_fn(self.step, self._update).items()})
                 self.step += 1
-                record = {"step": self.step, **{k: float(v) for k, v in record.items()}}
+                record = {"step": self.step, **record}
                 self.history.append(record)
                 if log_path is not None and self.step % self.config.log_every == 0:
                     with log_path.open("a", encoding="utf-8") as f:

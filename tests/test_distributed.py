@@ -1,0 +1,198 @@
+"""Running under torchrun: work splits cover everything once; 2 gloo processes train the edit a single process would."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from conftest import WordHashEncoder, tiny_transformer_config
+from varerase.data.pairs import PromptPair
+from varerase.errors import ConfigError
+from varerase.methods.registry import method_config
+from varerase.methods.runner import run_erasure
+from varerase.training.distributed import DistributedContext
+
+PAIRS = [
+    PromptPair("a red circle on a striped background", "a red square on a striped background"),
+    PromptPair("a blue circle", "a blue star"),
+    PromptPair("a photo of a green circle", "a photo of a green heart"),
+]
+# A small lr: AdamW divides by √v + 1e-8, so an entry whose gradient is ~1e-8 turns float32
+# rounding (summing in another order) into an update difference of up to lr·0.4 per step.
+SETTINGS = {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "lr": 1e-4}
+WORLD_SIZE = 2
+
+
+def _tiny_text_model():
+    """The ``tiny_text_model`` fixture, built where fixtures do not reach (spawned workers)."""
+    from varerase.models.infinity.model import InfinityModel
+    from varerase.models.infinity.transformer import InfinityTransformer
+
+    torch.manual_seed(0)
+    return InfinityModel(InfinityTransformer(tiny_transformer_config()), vae=None, text_encoder=WordHashEncoder()).eval()
+
+
+def _become_rank(rank: int, port: int) -> None:
+    """What torchrun sets up for a worker: its rank and the address of rank 0 (one thread each: CI has 2 cores)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE))
+    torch.set_num_threads(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_shard_gives_every_item_to_exactly_one_rank(world_size):
+    items = list(range(7))
+    shares = [DistributedContext(rank=r, world_size=world_size).shard(items) for r in range(world_size)]
+    assert sorted(i for share in shares for i in share) == items
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_split_batch_slices_concatenate_to_the_batch_and_uneven_batches_are_refused():
+    batch = [5, 1, 4, 4, 2, 0]
+    for world_size in (1, 2, 3, 6):
+        slices = [DistributedContext(rank=r, world_size=world_size).split_batch(batch) for r in range(world_size)]
+        assert [i for s in slices for i in s] == batch
+    tensor = torch.arange(4.0)
+    torch.testing.assert_close(torch.cat([DistributedContext(r, 2).split_batch(tensor) for r in range(2)]), tensor)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        DistributedContext(rank=0, world_size=4).split_batch(batch)
+
+
+def test_single_process_context_touches_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    context = DistributedContext.from_environment()
+    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)
+    assert not torch.distributed.is_initialized()
+    assert context.all_gather_objects("x") == ["x"] and context.mean({"a": 1.5}) == {"a": 1.5}
+    module = torch.nn.Linear(2, 2)
+    assert context.data_parallel(module) is module
+
+
+def _erase_worker(rank: int, port: int, out: str) -> None:
+    """One of 2 torchrun-like ranks: a full S-VARE run, and one cut at step 3 then resumed."""
+    _become_rank(rank, port)
+    from varerase.methods.svare import SVARE
+    from varerase.methods.teacher_cache import TeacherCache
+
+    generated = []
+    original_fill = TeacherCache.fill
+
+    def counting_fill(self, *args, **kwargs):
+        original_fill(self, *args, **kwargs)
+        generated.append(self.generated)
+
+    TeacherCache.fill = counting_fill
+    model = _tiny_text_model()
+    config = method_config("s-vare", overrides=SETTINGS)
+    run_erasure(model, "s-vare", PAIRS, config, run_dir=f"{out}/full", progress=False)
+
+    original_step = SVARE.step
+
+    def crash_at_three(self, index, update):
+        if index == 3:
+            raise KeyboardInterrupt
+        return original_step(self, index, update)
+
+    SVARE.step = crash_at_three
+    try:
+        run_erasure(model, "s-vare", PAIRS, config, run_dir=f"{out}/cut", progress=False)
+    except KeyboardInterrupt:
+        pass
+    SVARE.step = original_step
+    run_erasure(model, "s-vare", PAIRS, config, run_dir=f"{out}/cut", resume=True, progress=False)
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"generated": generated}, f)
+
+
+def test_two_process_svare_equals_single_process_and_resumes(tmp_path):
+    mp.spawn(_erase_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    single = run_erasure(_tiny_text_model(), "s-vare", PAIRS, method_config("s-vare", overrides=SETTINGS), run_dir=tmp_path / "single", progress=False)
+    assert single.metrics["world_size"] == 1
+
+    # Global batch 2 = 1 per rank, gradients averaged by DDP: the same edit as one process.
+    full, reference = load_file(tmp_path / "full" / "edit.safetensors"), load_file(tmp_path / "single" / "edit.safetensors")
+    assert full.keys() == reference.keys()
+    base = dict(_tiny_text_model().named_parameters())
+    for name in full:
+        torch.testing.assert_close(full[name] - base[name], reference[name] - base[name], atol=1e-5, rtol=0)
+    assert max((reference[k] - base[k]).abs().max() for k in full) > 5e-4  # far beyond the tolerance: the edit moved
+    # Logged losses are the ranks' means: the single-process log.
+    read_log = lambda run: [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in read_log("full")] == [1, 2, 3, 4]  # rank 0 alone writes
+    for ours, theirs in zip(read_log("full"), read_log("single")):
+        assert ours.keys() == theirs.keys() and all(abs(ours[k] - theirs[k]) < 1e-5 for k in ours)
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["forward_tokens"] == single.metrics["forward_tokens"]
+
+    # Interrupted on every rank at step 3, resumed from the step-2 state: the uninterrupted edit.
+    cut = load_file(tmp_path / "cut" / "edit.safetensors")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert [r["step"] for r in read_log("cut")] == [1, 2, 3, 4]
+
+    # The 3 anchors' teacher generations were shared out (2 + 1), each generated once.
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text())["generated"] for r in range(WORLD_SIZE)]
+    assert [counts[0] for counts in per_rank] == [2, 1]
+    assert len(list((tmp_path / "full" / "teacher_cache").glob("*.safetensors"))) == 3
+
+
+def _sharding_worker(rank: int, port: int, out: str) -> None:
+    """FSDP2 on a toy stack of blocks, with and without activation checkpointing, against the unsharded stack."""
+    from torch.func import functional_call
+
+    _become_rank(rank, port)
+    from torch import nn
+
+    from varerase.training.distributed import ShardingConfig, shard_blocks
+
+    context = DistributedContext.from_environment()
+
+    def toy() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(*[nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)) for _ in range(3)], nn.Linear(8, 2))
+
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(rank))
+    reference = toy()
+    reference(x).square().mean().backward()
+    errors = {}
+    for name, config in {
+        "fp32": ShardingConfig(param_dtype=None, reduce_dtype=None),
+        "fp32_checkpointed": ShardingConfig(param_dtype=None, reduce_dtype=None, activation_checkpointing=True),
+        "bf16": ShardingConfig(),
+    }.items():
+        model = toy()
+        shard_blocks(model, list(model)[:3], config)
+        out_sharded = model(x)
+        out_sharded.float().square().mean().backward()
+        # Each rank saw its own x: the sharded gradient is the mean of the ranks' gradients.
+        expected = torch.stack(context.all_gather_objects(reference[0][0].weight.grad)).mean(0)
+        errors[name] = {
+            "output": (out_sharded.float() - reference(x)).abs().max().item(),
+            "grad": (model[0][0].weight.grad.full_tensor() - expected).abs().max().item(),
+            "sharded": type(model[0][0].weight).__name__,
+            # Why erase does not shard yet: FSDP puts its gathered weights back over the override.
+            "override_ignored": torch.equal(functional_call(model, {"0.0.weight": torch.zeros(16, 8)}, (x,)), model(x)),
+        }
+    with open(f"{out}/sharding{rank}.json", "w") as f:
+        json.dump(errors, f)
+
+
+def test_shard_blocks_matches_the_unsharded_model_and_drops_functional_call_overrides(tmp_path):
+    mp.spawn(_sharding_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    for rank in range(WORLD_SIZE):
+        errors = json.loads((tmp_path / f"sharding{rank}.json").read_text())
+        for name in ("fp32", "fp32_checkpointed"):
+            assert errors[name]["sharded"] == "DTensor"
+            assert errors[name]["output"] < 1e-6 and errors[name]["grad"] < 1e-6, (name, errors[name])
+            assert errors[name]["override_ignored"]
+        assert errors["bf16"]["output"] < 3e-2 and errors["bf16"]["grad"] < 3e-2, errors["bf16"]
