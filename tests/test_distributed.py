@@ -44,6 +44,15 @@ def _become_rank(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
+def _leave_together() -> None:
+    """Wait for the other rank, then close the group: a rank tearing gloo down while its peer still
+    talks aborts the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,6 +122,7 @@ def _erase_worker(rank: int, port: int, out: str) -> None:
     run_erasure(model, "s-vare", PAIRS, config, run_dir=f"{out}/cut", resume=True, progress=False)
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump({"generated": generated}, f)
+    _leave_together()
 
 
 def test_two_process_svare_equals_single_process_and_resumes(tmp_path):
@@ -185,6 +195,7 @@ def _sharding_worker(rank: int, port: int, out: str) -> None:
         }
     with open(f"{out}/sharding{rank}.json", "w") as f:
         json.dump(errors, f)
+    _leave_together()
 
 
 def test_shard_blocks_matches_the_unsharded_model_and_drops_functional_call_overrides(tmp_path):
