@@ -16,7 +16,7 @@ import torch
 from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
 from varerase.errors import ConfigError
-from varerase.methods.registry import method_config
+from varerase.methods.registry import has_preset, method_config
 from varerase.methods.runner import ErasureResult, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model
@@ -32,8 +32,7 @@ def resolve_model(model: str | ScaleWiseModel = "tiny", edit: str | Path | None 
 
 def sampler_for(model: ScaleWiseModel, **overrides: Any) -> SamplerConfig:
     """The model's default sampler with any non-None ``overrides`` (cfg, temperature, top_k, top_p)."""
-    base = getattr(model, "default_sampler", SamplerConfig())
-    values = asdict(base) | {k: v for k, v in overrides.items() if v is not None}
+    values = asdict(model.default_sampler) | {k: v for k, v in overrides.items() if v is not None}
     return SamplerConfig(**values)
 
 
@@ -68,11 +67,14 @@ def erase(
     """Erase ``concepts`` (world names) and/or the pairs in ``pairs`` from ``model`` with ``method``.
 
     ``settings`` override the method's config (``steps``, ``lr``, ``batch_size``, ``lora_rank`` …),
-    which ``config_file`` (YAML) sets first;
+    which ``preset`` (default: ``tiny`` for the built-in model, where the method has one) and then
+    ``config_file`` (YAML) set first;
     ``out`` is the run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
     """
     from varerase.training.distributed import DistributedContext
 
+    if preset is None and model == "tiny" and has_preset(method, "tiny"):
+        preset = "tiny"  # settings tuned for the built-in model
     config = method_config(method, preset, settings, str(config_file) if config_file else None)
     prompt_pairs, retain = erasure_prompts(concepts, pairs)  # bad input fails before a model loads
     context = DistributedContext.from_environment()  # under torchrun: join, and pick this rank's GPU

@@ -22,7 +22,7 @@ from varerase.evaluation.detectors.registry import load_world_detector
 from varerase.evaluation.evaluate import evaluate
 from varerase.evaluation.prompts import world_prompt_groups
 from varerase.io import atomic_write_json, atomic_write_text
-from varerase.methods.registry import ERASERS, method_config
+from varerase.methods.registry import ERASERS, has_preset, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import ScaleWiseModel
 
@@ -92,13 +92,18 @@ def run_benchmark(
     samples_per_prompt: int = 2,
     max_per_group: int = 24,
     progress: bool = True,
+    preset: str | None = "tiny",
 ) -> list[dict]:
-    """Run every method on every concept (see module docstring); writes ``results.json``, ``results.md``, ``tradeoff.png``."""
+    """Run every method on every concept (see module docstring); writes ``results.json``, ``results.md``, ``tradeoff.png``.
+
+    ``preset``: the methods' settings preset where a method has it (default: tuned for the built-in model).
+    """
     out = Path(out)
     console = Console(quiet=not progress)
     methods = list(ERASERS) if list(methods) in (["all"], []) else list(methods)
     for method in methods:
         method_config(method)  # unknown names fail before any work
+    settings = {m: method_config(m, preset if preset and has_preset(m, preset) else None) for m in methods}
     detector = load_world_detector()
     rows = []
     for concept in concepts:
@@ -107,7 +112,7 @@ def run_benchmark(
         for method in methods:
             run_dir = out / concept / method
             started = time.perf_counter()
-            result = run_erasure(model, method, prompts.pairs, method_config(method), prompts.retain, run_dir=run_dir, resume=run_dir.exists(), progress=progress)
+            result = run_erasure(model, method, prompts.pairs, settings[method], prompts.retain, run_dir=run_dir, resume=run_dir.exists(), progress=progress)
             console.print(f"{concept} / {method}: erased in {time.perf_counter() - started:.1f} s")
             metrics = evaluate(result.model, groups, detector, model.default_sampler, samples_per_prompt, 48, 0, run_dir / "eval", [concept], reference_model=model, progress=progress)
             rows.append(_row(concept, method, metrics, result.metrics))

@@ -67,7 +67,7 @@ def erase(
     concept: list[str] = typer.Option([], "--concept", help="A built-in world concept (repeat for multi-concept erasure)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Prompt pairs: JSON/JSONL/CSV with original_prompt/modified_prompt or unsafe_prompt/safe_prompt."),
     out: Path = typer.Option(..., "--out", "--output_dir", help="Run directory to create."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Method preset, e.g. 'reference' (official S-VARE settings)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Method preset: 'reference' (official S-VARE settings), 'tiny' (default with --model tiny), 'default'."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method settings (flags override it)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),

@@ -151,6 +151,8 @@ class ScaleWiseModel(nn.Module, abc.ABC):
     token_kind: TokenKind
     bits: int = 0
     vocab_size: int = 0
+    # The sampling a user gets without flags (models override it with their own defaults).
+    default_sampler: "SamplerConfig" = SamplerConfig()
     _text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
     # --- text -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from varerase.evaluation.detectors.registry import load_world_detector
 from varerase.evaluation.metrics import attribute_hits, concept_presence, prompt_following
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_json
-from varerase.methods.registry import method_config
+from varerase.methods.registry import has_preset, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import ScaleWiseModel
 from varerase.models.registry import load_model
@@ -75,7 +75,7 @@ def run_demo(concept: str = "circle", method: str = "s-vare", out: str | Path = 
     others = list(prompts.retain[:: max(1, len(prompts.retain) // 48)])
     before = measure_world_erasure(model, concept, targets, others, detector)
 
-    config = method_config(method, overrides={"steps": steps})
+    config = method_config(method, preset="tiny" if has_preset(method, "tiny") else None, overrides={"steps": steps})
     result = run_erasure(model, method, prompts.pairs, config, prompts.retain, run_dir=out / "run", resume=(out / "run").exists(), progress=progress)
     after = measure_world_erasure(result.model, concept, targets, others, detector)
 

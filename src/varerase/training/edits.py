@@ -208,6 +208,7 @@ class EditedModel(ScaleWiseModel):
         self.token_kind = base.token_kind
         self.bits = base.bits
         self.vocab_size = base.vocab_size
+        self.default_sampler = base.default_sampler
         self._caller = _MethodCall(base)
         # The module whose call yields the overrides: the edit, or a wrapper around it while
         # training in parallel. Set without registering it: the edit is a submodule already.
