@@ -161,17 +161,21 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         """Encode prompts with the model's text encoder: ``[B, T, C]`` features and mask."""
 
     def encode_text(self, prompts: Sequence[str]) -> TextCondition:
-        """Encode ``prompts`` (cached per prompt string). Returns a ``TextCondition`` of batch ``len(prompts)``."""
+        """Encode ``prompts`` (cached per prompt string). Returns a ``TextCondition`` of batch ``len(prompts)``.
+
+        Each new prompt is encoded alone: a prompt's features then never depend on which other
+        prompts (and how much padding) shared its batch, so runs replay bit for bit — a resumed
+        run meets its prompts in another order than an uninterrupted one.
+        """
         if isinstance(prompts, str):
             raise TypeError("encode_text takes a list of prompts, not a single string")
         if not hasattr(self, "_text_cache"):
             self._text_cache = {}
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if missing:
-            encoded = self._encode_text_uncached(missing)
-            for i, p in enumerate(missing):
-                n = int(encoded.mask[i].sum())
-                self._text_cache[p] = (encoded.features[i, :n].detach(), encoded.mask[i, :n].detach())
+        for prompt in dict.fromkeys(prompts):
+            if prompt not in self._text_cache:
+                encoded = self._encode_text_uncached([prompt])
+                n = int(encoded.mask[0].sum())
+                self._text_cache[prompt] = (encoded.features[0, :n].detach(), encoded.mask[0, :n].detach())
         rows = [self._text_cache[p] for p in prompts]
         return TextCondition.cat([TextCondition(f[None], m[None]) for f, m in rows]).to(self.device)
 
