@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_generate_writes_a_grid_and_is_deterministic(tmp_path):
         result = runner.invoke(app, ["generate", "-p", "a red star on a striped background", "-n", "3", "--seed", "5", "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
     a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
-    assert a.size[0] > a.size[1] and list(a.getdata()) == list(b.getdata())
+    assert a.size[0] > a.size[1] and a.tobytes() == b.tobytes()
 
 
 def test_erase_then_generate_with_the_edit(tmp_path):
@@ -66,3 +67,23 @@ def test_erase_then_generate_with_the_edit(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["erase", "--concept", "circle", "--method", "sace", "--steps", "3", "--out", str(run)])
     assert result.exit_code != 0  # a finished run is not overwritten
+
+    evaluation = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--edit", str(run), "--concept", "circle", "--samples", "1", "--max-per-group", "2", "--out", str(evaluation)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert {"before", "after", "comparison"} <= set(metrics)
+    assert metrics["settings"]["detector"]["threshold"] == 0.5
+    assert "<img" in (evaluation / "report.html").read_text()
+    (evaluation / "report.html").unlink()
+    assert runner.invoke(app, ["report", str(evaluation)]).exit_code == 0
+    assert (evaluation / "report.html").exists()
+
+
+def test_demo_prints_before_after_and_writes_the_grid(tmp_path):
+    result = runner.invoke(app, ["demo", "--steps", "5", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "present on prompts naming it" in result.output and "100%" in result.output
+    assert (tmp_path / "demo" / "before_after.png").exists()
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert summary["presence_before"] >= 0.9 and summary["concept"] == "circle"
