@@ -207,3 +207,34 @@ def test_shard_blocks_matches_the_unsharded_model_and_drops_functional_call_over
             assert errors[name]["output"] < 1e-6 and errors[name]["grad"] < 1e-6, (name, errors[name])
             assert errors[name]["override_ignored"]
         assert errors["bf16"]["output"] < 3e-2 and errors["bf16"]["grad"] < 3e-2, errors["bf16"]
+
+
+def _evaluate_worker(rank: int, port: int, out: str) -> None:
+    _become_rank(rank, port)
+    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.evaluation.evaluate import evaluate
+    from varerase.evaluation.prompts import world_prompt_groups
+    from varerase.models.registry import load_model
+
+    model = load_model("tiny")
+    evaluate(model, world_prompt_groups(["circle"], 3), load_world_detector(), model.default_sampler, 1, 4, 0, f"{out}/distributed", ["circle"], progress=False)
+    _leave_together()
+
+
+def test_distributed_evaluation_gives_the_single_process_metrics(tmp_path):
+    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.evaluation.evaluate import evaluate
+    from varerase.evaluation.prompts import world_prompt_groups
+    from varerase.models.registry import load_model
+
+    mp.spawn(_evaluate_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    model = load_model("tiny")
+    single = evaluate(model, world_prompt_groups(["circle"], 3), load_world_detector(), model.default_sampler, 1, 4, 0, tmp_path / "single", ["circle"], progress=False)
+    distributed = json.loads((tmp_path / "distributed" / "metrics.json").read_text())
+    # Same maps, same verdicts; decoded pixels may differ in the last float bits with the batch size.
+    expected = single["model"]["groups"]
+    for group, result in distributed["model"]["groups"].items():
+        assert result["rows"] == expected[group]["rows"] and result["presence"] == expected[group]["presence"]
+        assert result["prompt_following"] == expected[group]["prompt_following"]
+        assert result["feature_diversity"] == pytest.approx(expected[group]["feature_diversity"], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "distributed" / "grids").iterdir()) == sorted(p.name for p in (tmp_path / "single" / "grids").iterdir())

@@ -36,6 +36,17 @@ def sampler_for(model: ScaleWiseModel, **overrides: Any) -> SamplerConfig:
     return SamplerConfig(**values)
 
 
+def _join_ranks(model_options: dict[str, Any] | None):
+    """Join torchrun's process group (alone without torchrun) and point ``device="cuda"`` at this rank's GPU."""
+    from varerase.training.distributed import DistributedContext
+
+    context = DistributedContext.from_environment()
+    options = dict(model_options or {})
+    if context.is_distributed and str(options.get("device", "cpu")) == "cuda":
+        options["device"] = f"cuda:{context.local_rank}"
+    return context, options
+
+
 def erasure_prompts(concepts: Sequence[str] = (), pairs: str | Path | Sequence[PromptPair] | None = None) -> tuple[list[PromptPair], list[str]]:
     """Prompt pairs and retain prompts from built-in world concepts and/or a pairs file (or list)."""
     if not concepts and pairs is None:
@@ -71,16 +82,11 @@ def erase(
     ``config_file`` (YAML) set first;
     ``out`` is the run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
     """
-    from varerase.training.distributed import DistributedContext
-
     if preset is None and model == "tiny" and has_preset(method, "tiny"):
         preset = "tiny"  # settings tuned for the built-in model
     config = method_config(method, preset, settings, str(config_file) if config_file else None)
     prompt_pairs, retain = erasure_prompts(concepts, pairs)  # bad input fails before a model loads
-    context = DistributedContext.from_environment()  # under torchrun: join, and pick this rank's GPU
-    options = dict(model_options or {})
-    if context.is_distributed and str(options.get("device", "cpu")) == "cuda":
-        options["device"] = f"cuda:{context.local_rank}"
+    context, options = _join_ranks(model_options)
     loaded = resolve_model(model, **options)
     extra = {"model": model if isinstance(model, str) else type(model).__name__, "concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None, "preset": preset}
     return run_erasure(loaded, method, prompt_pairs, config, retain, run_dir=out, resume=resume, progress=progress, extra_config=extra, context=context)
@@ -157,15 +163,17 @@ def evaluate(
     from varerase.evaluation.report import build_report
 
     groups = evaluation_prompt_groups(concepts, prompts_file, max_per_group)
-    loaded = resolve_model(model, **(model_options or {}))
+    context, options = _join_ranks(model_options)
+    loaded = resolve_model(model, **options)
     scorer = load_detector(detector, list(concepts), clip_model, threshold)
     measured = list(concepts) or list(scorer.concepts)
     edited = load_edit(loaded, edit) if edit is not None else None
     metrics = run_evaluation(
         edited or loaded, groups, scorer, sampler_for(loaded, **sampling), samples_per_prompt, batch_size, seed, out,
-        measured, reference_model=loaded if edited is not None else None, progress=progress,
+        measured, reference_model=loaded if edited is not None else None, progress=progress, context=context,
     )
-    build_report(out)
+    if context.is_main:
+        build_report(out)
     return metrics
 
 

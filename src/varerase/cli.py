@@ -155,6 +155,10 @@ def evaluate(
         model, edit, concept, prompts, out, detector, clip_model, threshold, samples, max_per_group, batch_size, seed,
         model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision), cfg=cfg,
     )
+    from varerase.training.distributed import DistributedContext
+
+    if not DistributedContext.current().is_main:
+        return
     sections = [s for s in ("before", "after", "model") if s in metrics]
     table = Table(title="concept presence per prompt group")
     table.add_column("group")

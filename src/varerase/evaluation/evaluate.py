@@ -43,6 +43,7 @@ from varerase.evaluation.prompts import EvalPrompt
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 
 THUMBNAIL = 96  # grid tiles are about this many pixels on a side
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
@@ -185,6 +186,22 @@ def _distances(distances: FeatureDistances) -> dict:
 
 
 @torch.no_grad()
+def generate_sharded(model: ScaleWiseModel, prompts: list[str], sampler: SamplerConfig, seeds: list[int], context: DistributedContext) -> torch.Tensor | None:
+    """Images ``[B, 3, H, W]`` for ``prompts``/``seeds``: under torchrun each rank draws its share of
+    the rows and all ranks gather them back in order. Every row has its own seed, so the images are
+    exactly those of a single process."""
+    if not context.is_distributed:
+        return model.generate(model.encode_text(prompts), sampler, seed=seeds).images
+    mine = context.shard(list(range(len(prompts))))
+    images = model.generate(model.encode_text([prompts[i] for i in mine]), sampler, seed=[seeds[i] for i in mine]).images if mine else None
+    shares = context.all_gather_objects((mine, None if images is None else images.cpu()))
+    ordered: list[torch.Tensor | None] = [None] * len(prompts)
+    for indices, share in shares:
+        for row, i in enumerate(indices):
+            ordered[i] = share[row]
+    return torch.stack(ordered)
+
+
 def evaluate(
     model: ScaleWiseModel,
     prompt_groups: Mapping[str, Sequence[EvalPrompt]],
@@ -198,11 +215,14 @@ def evaluate(
     reference_model: ScaleWiseModel | None = None,
     progress: bool = True,
     max_grid_images: int = 64,
+    context: DistributedContext | None = None,
 ) -> dict:
     """Evaluate ``model`` (and ``reference_model``) on ``prompt_groups``; write and return the
     ``metrics.json`` dict (layout in the module docstring).
 
     ``concepts``: the detector concepts whose presence is measured (ConfigError for unknown ones).
+    Under ``torchrun`` the ranks share the generation (:func:`generate_sharded`) and rank 0 writes;
+    the result is the single-process one.
     """
     unknown = [c for c in concepts if c not in detector.concepts]
     if unknown or not concepts:
@@ -214,6 +234,8 @@ def evaluate(
     if not prompt_groups or empty:
         raise ConfigError(f"every prompt group needs prompts; empty: {empty or 'no groups given'}")
     out_dir = Path(out_dir)
+    context = context or DistributedContext.from_environment()
+    progress = progress and context.is_main
     concepts = tuple(concepts)
     settings = _settings(
         model, reference_model, detector, sampler, concepts, prompt_groups, samples_per_prompt, batch_size, base_seed, max_grid_images
@@ -235,7 +257,7 @@ def evaluate(
                 seeds = [s for _, s in rows[start : start + batch_size]]
                 for name, m in models.items():
                     bar.update(task, description=f"{group} ({name})")
-                    images = m.generate(m.encode_text(prompts), sampler, seed=seeds).images
+                    images = generate_sharded(m, prompts, sampler, seeds, context)
                     if images is None:
                         raise ConfigError(f"the {name} model returned no images; it needs a decoder to be evaluated")
                     features = results[name].add(detector, images, prompts, seeds)
@@ -247,7 +269,8 @@ def evaluate(
                 grid = None
                 if result.thumbnails:
                     grid = f"grids/{name}_{re.sub(r'[^A-Za-z0-9._-]+', '_', group)}.png"
-                    _save_grid(result.thumbnails, out_dir / grid, samples_per_prompt)
+                    if context.is_main:
+                        _save_grid(result.thumbnails, out_dir / grid, samples_per_prompt)
                 sections[name]["groups"][group] = result.summary(detector, grid)
             if reference_model is not None:
                 comparison[group] = _compare(sections["before"]["groups"][group], sections["after"]["groups"][group], distances if compare else None)
@@ -256,7 +279,8 @@ def evaluate(
         if compare:
             comparison["all groups"] = {"distances": _distances(overall)}
         metrics["comparison"] = comparison
-    atomic_write_json(metrics, out_dir / "metrics.json")
+    if context.is_main:
+        atomic_write_json(metrics, out_dir / "metrics.json")
     return metrics
 
 
