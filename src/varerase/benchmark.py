@@ -25,6 +25,7 @@ from varerase.io import atomic_write_json, atomic_write_text
 from varerase.methods.registry import ERASERS, has_preset, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 
 COLUMNS = ("concept", "method", "target presence", "held-out presence", "retain following", "FID", "KID", "diversity", "wall s", "forward tokens")
 
@@ -99,6 +100,8 @@ def run_benchmark(
     ``preset``: the methods' settings preset where a method has it (default: tuned for the built-in model).
     """
     out = Path(out)
+    context = DistributedContext.from_environment()  # under torchrun: erasures use DDP, evaluations share generation
+    progress = progress and context.is_main
     console = Console(quiet=not progress)
     methods = list(ERASERS) if list(methods) in (["all"], []) else list(methods)
     for method in methods:
@@ -112,11 +115,13 @@ def run_benchmark(
         for method in methods:
             run_dir = out / concept / method
             started = time.perf_counter()
-            result = run_erasure(model, method, prompts.pairs, settings[method], prompts.retain, run_dir=run_dir, resume=run_dir.exists(), progress=progress)
+            result = run_erasure(model, method, prompts.pairs, settings[method], prompts.retain, run_dir=run_dir, resume=run_dir.exists(), progress=progress, context=context)
             console.print(f"{concept} / {method}: erased in {time.perf_counter() - started:.1f} s")
-            metrics = evaluate(result.model, groups, detector, model.default_sampler, samples_per_prompt, 48, 0, run_dir / "eval", [concept], reference_model=model, progress=progress)
+            metrics = evaluate(result.model, groups, detector, model.default_sampler, samples_per_prompt, 48, 0, run_dir / "eval", [concept], reference_model=model, progress=progress, context=context)
             rows.append(_row(concept, method, metrics, result.metrics))
-            atomic_write_json(rows, out / "results.json")
-    atomic_write_text(markdown_table(rows), out / "results.md")
-    plot_tradeoff(rows, out / "tradeoff.png")
+            if context.is_main:
+                atomic_write_json(rows, out / "results.json")
+    if context.is_main:
+        atomic_write_text(markdown_table(rows), out / "results.md")
+        plot_tradeoff(rows, out / "tradeoff.png")
     return rows

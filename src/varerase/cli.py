@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # never wrap: messages name files and lines
 
 MODEL_HELP = "Model: 'tiny' (built in), 'infinity-2b', 'infinity-8b', or a folder written by save_pretrained."
 
@@ -280,7 +280,8 @@ def main() -> None:
     try:
         app()
     except VarEraseError as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print("[red]error:[/red] ", end="")
+        errors.print(str(error), markup=False, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         errors.print("interrupted; an unfinished run continues with --resume")
