@@ -87,3 +87,14 @@ def test_demo_prints_before_after_and_writes_the_grid(tmp_path):
     assert (tmp_path / "demo" / "before_after.png").exists()
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert summary["presence_before"] >= 0.9 and summary["concept"] == "circle"
+
+
+def test_benchmark_writes_table_results_and_plot(tmp_path):
+    out = tmp_path / "bench"
+    result = runner.invoke(app, ["benchmark", "--concepts", "striped", "--methods", "uce", "--samples", "1", "--max-per-group", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["concept"], r["method"]) for r in rows] == [("striped", "uce")]
+    assert rows[0]["target_presence"][0] == 1.0 and rows[0]["forward_tokens"] > 0
+    assert "| striped | uce |" in (out / "results.md").read_text()
+    assert (out / "tradeoff.png").stat().st_size > 1000

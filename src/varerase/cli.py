@@ -234,12 +234,13 @@ def benchmark(
     methods: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
     out: Path = typer.Option(..., "--out", help="Folder for runs, results.md/json and tradeoff.png."),
     samples: int = typer.Option(2, "--samples", help="Images per prompt."),
+    max_per_group: int = typer.Option(24, "--max-per-group", help="Prompts per group (evenly spaced)."),
 ) -> None:
     """Every method on the same concepts: erasure, preservation, FID/KID, time, compute — one table."""
     from varerase.api import resolve_model
     from varerase.benchmark import markdown_table, run_benchmark
 
-    rows = run_benchmark(resolve_model(model), concepts.split(","), methods.split(","), out, samples)
+    rows = run_benchmark(resolve_model(model), concepts.split(","), methods.split(","), out, samples, max_per_group)
     console.print(markdown_table(rows))
     console.print(f"results: {out / 'results.md'}, plot: {out / 'tradeoff.png'}")
 
