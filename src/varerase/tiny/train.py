@@ -72,11 +72,16 @@ class TinyTrainingConfig:
     transformer: InfinityConfig = field(default_factory=tiny_transformer_config)
 
 
-def _progress(label: str) -> Progress:
+def _progress(label: str, enabled: bool) -> Progress:
     return Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}"), disable=not enabled,
     )
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, warmup: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = peak * _cosine_with_warmup(step, total, warmup)
 
 
 def _cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -94,13 +99,10 @@ def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bo
     generator = torch.Generator().manual_seed(config.seed)
     val = to_float_images(images[-256:]) * 2 - 1
     train = images[:-256]
-    with _progress("tokenizer") as bar:
+    with _progress("tokenizer", progress) as bar:
         task = bar.add_task("vae", total=config.tokenizer_steps, info="")
-        if not progress:
-            bar.stop()
         for step in range(config.tokenizer_steps):
-            for group in optimizer.param_groups:
-                group["lr"] = config.tokenizer_lr * _cosine_with_warmup(step, config.tokenizer_steps, 50)
+            _set_learning_rate(optimizer, config.tokenizer_lr, step, config.tokenizer_steps, 50)
             index = torch.randint(len(train), (config.tokenizer_batch,), generator=generator)
             batch = to_float_images(train[index.numpy()]) * 2 - 1
             reconstruction, _ = vae(batch, TINY_SCHEDULE)
@@ -144,13 +146,10 @@ def train_transformer(
     )
     generator = torch.Generator().manual_seed(config.seed + 1)
     losses: list[float] = []
-    with _progress("transformer") as bar:
+    with _progress("transformer", progress) as bar:
         task = bar.add_task("var", total=config.transformer_steps, info="")
-        if not progress:
-            bar.stop()
         for step in range(config.transformer_steps):
-            for group in optimizer.param_groups:
-                group["lr"] = config.transformer_lr * _cosine_with_warmup(step, config.transformer_steps, config.transformer_warmup)
+            _set_learning_rate(optimizer, config.transformer_lr, step, config.transformer_steps, config.transformer_warmup)
             index = torch.randint(len(captions), (config.transformer_batch,), generator=generator)
             batch_maps = [m[index].long() for m in maps]
             with torch.no_grad():
