@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import torchmetrics
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import varerase
@@ -37,7 +38,6 @@ from varerase.evaluation.metrics import (
     erasure,
     feature_diversity,
     prompt_following,
-    require_extra,
 )
 from varerase.evaluation.prompts import EvalPrompt
 from varerase.imaging import save_grid
@@ -168,7 +168,6 @@ def _settings(
         ),
     }
     if reference_model is not None and has_features:
-        torchmetrics = require_extra("torchmetrics")
         settings["fid_kid"] = {
             "implementation": f"torchmetrics {torchmetrics.__version__} FrechetInceptionDistance / KernelInceptionDistance on feature_space",
             "reference": "reference_model images with the same prompts and seeds",

@@ -18,25 +18,14 @@ score, FID/KID in a detector's feature space, feature diversity.
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from types import ModuleType
 from typing import Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from varerase.data.world import ATTRIBUTES, KINDS, parse_attributes
-from varerase.errors import ConfigError
 from varerase.evaluation.detectors.world_detector import WorldDetector
-
-
-def require_extra(module: str, extra: str = "eval") -> ModuleType:
-    """Import an optional dependency, or raise ConfigError naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ConfigError(f"this needs the optional package {module!r}; install it with `pip install varerase[{extra}]`") from error
 
 
 class FeatureEmbedder(Protocol):
@@ -172,7 +161,6 @@ class FeatureDistances:
 
     def compute(self) -> dict[str, float | int]:
         """``{"fid", "kid_mean", "kid_std", "num_real", "num_fake", "feature_dim"}``."""
-        require_extra("torchmetrics")
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 

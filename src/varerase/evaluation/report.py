@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from varerase.errors import DataError
-from varerase.evaluation.metrics import require_extra
 from varerase.io import atomic_write_bytes, atomic_write_text
 
 SECTIONS = ("before", "after", "model")  # the order sections are shown in
@@ -121,7 +120,6 @@ def _preservation_rows(metrics: dict, sections: list[str]) -> tuple[list[str], l
 
 def _bar_plot(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> bytes:
     """A grouped bar chart as PNG bytes (Agg canvas; pyplot's global state is not touched)."""
-    require_extra("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
