@@ -30,9 +30,10 @@ from varerase.evaluation.attacks.base import concept_presence, progress_bar, res
 from varerase.evaluation.detectors.base import ConceptDetector
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_bytes, atomic_write_json
-from varerase.methods.losses import per_unit_kl
+from varerase.models.units import per_unit_kl
 from varerase.models.base import ConditionSwitch, SamplerConfig, ScaleWiseModel, TextCondition
 from varerase.models.schedule import scale_token_counts
+from varerase.training.distributed import DistributedContext
 
 # Strip tiles are downscaled to at most this many pixels a side: a 13-scale Infinity strip of
 # 1024² images would otherwise hold 14 full images per seed and pair in memory.
@@ -274,7 +275,12 @@ def run_issa(
     out_dir: str | Path,
     progress: bool = True,
 ) -> IssaResult:
-    """:func:`compute_issa`, then :func:`save_issa` into ``out_dir`` (the CLI's entry point)."""
-    result = compute_issa(model, pairs, detector, concept, sampler, seeds, progress)
-    save_issa(result, out_dir)
+    """:func:`compute_issa`, then :func:`save_issa` into ``out_dir`` (the CLI's entry point).
+
+    Under ``torchrun`` every rank computes the same curves (not split yet); rank 0 writes.
+    """
+    context = DistributedContext.from_environment()
+    result = compute_issa(model, pairs, detector, concept, sampler, seeds, progress and context.is_main)
+    if context.is_main:
+        save_issa(result, out_dir)
     return result

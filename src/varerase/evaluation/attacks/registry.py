@@ -14,6 +14,7 @@ from varerase.evaluation.attacks.soft_prompt import SoftPromptAttack
 from varerase.evaluation.attacks.unlearndiff import UnlearnDiffAttack
 from varerase.evaluation.detectors.base import ConceptDetector
 from varerase.models.base import SamplerConfig, ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (ParaphraseAttack, RingABellAttack, UnlearnDiffAttack, SoftPromptAttack)}
 
@@ -41,7 +42,10 @@ def run_attack(
     """Run attack ``name`` on ``model`` for ``concept`` and write ``attack.json`` (+ ``attack_images.png``) into ``out_dir``.
 
     ``config``: the attack's config dataclass, a dict of its settings, or None for defaults.
+    Under ``torchrun`` every rank runs the same seeded search (not split yet); rank 0 writes.
     """
-    result = attack_class(name)(config).run(model, concept, detector, sampler, progress=progress)
-    save_attack(result, out_dir)
+    context = DistributedContext.from_environment()
+    result = attack_class(name)(config).run(model, concept, detector, sampler, progress=progress and context.is_main)
+    if context.is_main:
+        save_attack(result, out_dir)
     return result

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from varerase.methods.losses import flatten_maps, per_unit_cross_entropy
+from varerase.models.units import flatten_maps, per_unit_cross_entropy
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
 from varerase.training.edits import EditedModel
 
