@@ -98,3 +98,12 @@ def test_benchmark_writes_table_results_and_plot(tmp_path):
     assert rows[0]["target_presence"][0] == 1.0 and rows[0]["forward_tokens"] > 0
     assert "| striped | uce |" in (out / "results.md").read_text()
     assert (out / "tradeoff.png").stat().st_size > 1000
+
+
+def test_set_flags_reach_method_and_attack_settings(tmp_path):
+    result = _varerase("erase", "--concept", "red", "--set", "rho=abc", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "rho must be a number" in result.stderr
+    result = runner.invoke(app, ["attack", "--attack", "ring-a-bell", "--set", "search={population: 8, generations: 2}", "--set", "num_prompts=2", "--out", str(tmp_path / "attack")])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "attack" / "attack.json").read_text())["settings"]
+    assert settings["config"]["search"]["population"] == 8 and settings["config"]["num_prompts"] == 2

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from varerase.config import parse_assignments
 from varerase.errors import VarEraseError
 
 app = typer.Typer(
@@ -76,6 +77,7 @@ def erase(
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between resumable states (default 50)."),
+    settings: list[str] = typer.Option([], "--set", help="Any method setting as KEY=VALUE (e.g. --set rho=0.25 --set update=joint); repeatable."),
     checkpoint: Optional[str] = CheckpointOpt,
     vae: Optional[str] = VaeOpt,
     text_encoder: Optional[str] = TextEncoderOpt,
@@ -88,7 +90,9 @@ def erase(
     result = api.erase(
         model, method, concept, pairs, out, preset=preset, resume=resume, config_file=config,
         model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
-        steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,
+        **{**parse_assignments(settings), **{k: v for k, v in dict(
+            steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,
+        ).items() if v is not None}},
     )
     metrics = result.metrics
     from varerase.training.distributed import DistributedContext
@@ -191,12 +195,13 @@ def attack(
     out: Path = typer.Option(..., "--out", help="Folder for attack.json and images."),
     detector: str = typer.Option("world", "--detector", help="world, nudenet or clip."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
+    budget: list[str] = typer.Option([], "--set", help="Attack budget/setting as KEY=VALUE, e.g. --set num_prompts=16, --set steps=200 (soft-prompt), --set 'search={population: 128, generations: 100}' (ring-a-bell); repeatable."),
     device: str = DeviceOpt,
 ) -> None:
     """Try to bring an erased concept back; reports the attack success rate (ASR) and the prompts found."""
     from varerase import api
 
-    result = api.attack(model, edit, attack_name, concept, out, detector, clip_model, model_options={"device": device})
+    result = api.attack(model, edit, attack_name, concept, out, detector, clip_model, config=parse_assignments(budget) or None, model_options={"device": device})
     console.print(f"{attack_name}: ASR {result.asr:.0%} over {len(result.prompts)} prompts → {out}")
 
 

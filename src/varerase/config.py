@@ -20,6 +20,8 @@ def _check(name: str, expected: Any, value: Any) -> Any:
     origin, args = get_origin(expected), get_args(expected)
     if expected is Any:
         return value
+    if dataclasses.is_dataclass(expected) and isinstance(expected, type):
+        return value if isinstance(value, expected) else dataclass_from_dict(expected, value, name)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -91,3 +93,17 @@ def read_yaml_settings(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings (key: value lines)")
     return data
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``["population=128", "eta=0.5", "update=joint"]`` → settings; values are read as YAML scalars."""
+    settings: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item!r}: {error}") from error
+    return settings

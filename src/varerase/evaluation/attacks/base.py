@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 import csv
 import io
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from varerase.config import dataclass_from_dict
 from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
 from varerase.data.world import canonical_concept
@@ -104,11 +105,7 @@ def make_config(config_class: type[AttackConfig], config: AttackConfig | dict[st
     if isinstance(config, config_class):
         return config
     if isinstance(config, dict):
-        known = {f.name for f in fields(config_class)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown} for {config_class.__name__}; known: {sorted(known)}")
-        return config_class(**config)
+        return dataclass_from_dict(config_class, config, config_class.__name__)
     raise ConfigError(f"expected a {config_class.__name__} or a dict of its settings, got {type(config).__name__}")
 
 
