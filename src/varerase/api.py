@@ -113,14 +113,8 @@ def generate(
     if n < 1:
         raise ConfigError(f"n must be ≥ 1, got {n}")
     loaded = resolve_model(model, edit, **(model_options or {}))
-    sampler = sampler_for(loaded, **sampling)
     rows = [(p, seed + j) for p in prompts for j in range(n)]
-    images = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        cond = loaded.encode_text([p for p, _ in chunk])
-        images.append(loaded.generate(cond, sampler, seed=[s for _, s in chunk]).images)
-    return torch.cat(images)
+    return loaded.generate_images([p for p, _ in rows], [s for _, s in rows], sampler_for(loaded, **sampling), batch_size)
 
 
 def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | Path | None = None, max_per_group: int | None = None) -> dict:

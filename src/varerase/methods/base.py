@@ -122,9 +122,13 @@ class Eraser(abc.ABC):
         count = count or self.config.batch_size
         return self.context.split_batch(torch.randint(0, population, (count,), generator=generator).tolist())
 
+    def seeded_requests(self, prompts: Sequence[str]) -> list[tuple[str, int]]:
+        """``(prompt, seed)`` for ``samples_per_pair`` seeds of every prompt, prompt-major."""
+        return [(p, self.config.aux_seed + s) for p in prompts for s in range(self.config.samples_per_pair)]
+
     def aux_requests(self) -> list[tuple[str, int]]:
         """Every ``(anchor prompt, seed)`` whose auxiliary tokens training uses."""
-        return [(p.anchor, self.config.aux_seed + s) for p in self.pairs for s in range(self.config.samples_per_pair)]
+        return self.seeded_requests([p.anchor for p in self.pairs])
 
     def encode(self, prompts: Sequence[str]) -> TextCondition:
         return self.model.encode_text(list(prompts))

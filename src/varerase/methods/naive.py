@@ -23,7 +23,7 @@ class OwnGenerationEraser(AuxiliaryTokenEraser):
 
     def aux_requests(self) -> list[tuple[str, int]]:
         """Every ``(target prompt, seed)`` whose generation training uses."""
-        return [(p.target, self.config.aux_seed + s) for p in self.pairs for s in range(self.config.samples_per_pair)]
+        return self.seeded_requests([p.target for p in self.pairs])
 
     def generations(self, index: int) -> tuple[list[int], list[str], list[torch.Tensor]]:
         """Step ``index``'s request indices, their target prompts and maps ``[B, h, w, d]`` per scale."""

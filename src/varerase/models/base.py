@@ -228,6 +228,21 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         """
 
     # --- conveniences -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerConfig | None = None, batch_size: int = 64) -> torch.Tensor:
+        """One image per ``(prompt, seed)``, in batches: ``[N, 3, H, W]`` in [0, 1].
+
+        Each row has its own seed, so an image does not depend on ``batch_size``.
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        sampler = sampler or self.default_sampler
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            cond = self.encode_text(list(prompts[start : start + batch_size]))
+            chunks.append(self.generate(cond, sampler, seed=list(seeds[start : start + batch_size])).images)
+        return torch.cat(chunks)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -36,16 +36,6 @@ class DemoResult:
     grid: Path
 
 
-def _images(model: ScaleWiseModel, prompts: list[str], seed: int, batch_size: int = 64) -> torch.Tensor:
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            cond = model.encode_text(prompts[start : start + batch_size])
-            seeds = [seed + i for i in range(start, start + cond.batch_size)]
-            chunks.append(model.generate(cond, model.default_sampler, seed=seeds).images)
-    return torch.cat(chunks)
-
-
 @dataclass
 class ErasureMeasures:
     """Images and scores of one model on a concept's target prompts and on other prompts."""
@@ -58,7 +48,8 @@ class ErasureMeasures:
 
 def measure_world_erasure(model: ScaleWiseModel, concept: str, targets: list[str], others: list[str], detector, seed: int = 0) -> ErasureMeasures:
     """The concept's presence on ``targets`` and prompt-following on ``others`` (fixed seeds per prompt)."""
-    target_images, other_images = _images(model, targets, seed), _images(model, others, seed + 10_000)
+    target_images = model.generate_images(targets, [seed + i for i in range(len(targets))])
+    other_images = model.generate_images(others, [seed + 10_000 + i for i in range(len(others))])
     presence = concept_presence(detector.detect(target_images))[concept]
     following = prompt_following(attribute_hits(detector, other_images, others))["accuracy"]
     return ErasureMeasures(target_images, other_images, presence, following)

@@ -64,11 +64,9 @@ def measure_quality(
     """Generate ``samples_per_prompt`` images per held-out prompt and score them (see module docstring)."""
     sampler = sampler or model.default_sampler
     prompts = [(p, a) for p, a in heldout_prompts() for _ in range(samples_per_prompt)]
-    hits: list[dict[str, bool]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [p for p, _ in prompts[start : start + batch_size]]
-        seeds = [seed + start + i for i in range(len(chunk))]
-        hits += attribute_hits(detector, model.generate(model.encode_text(chunk), sampler, seed=seeds).images, chunk)
+    texts = [p for p, _ in prompts]
+    images = model.generate_images(texts, [seed + i for i in range(len(texts))], sampler, batch_size)
+    hits = attribute_hits(detector, images, texts)
     following = prompt_following(hits)
     fresh = make_dataset(2000, seed=seed + 77)
     labels = torch.stack([torch.as_tensor(fresh.labels[k]) for k in KINDS], dim=1)

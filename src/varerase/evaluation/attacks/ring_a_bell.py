@@ -130,8 +130,6 @@ class RingABellConfig(VocabularyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.search, dict):  # from YAML / CLI overrides
-            self.search = GeneticConfig(**self.search)
         if self.prompt_length < 1:
             raise ConfigError(f"prompt_length must be ≥ 1, got {self.prompt_length}")
 
