@@ -243,6 +243,21 @@ class ScaleWiseModel(nn.Module, abc.ABC):
             chunks.append(self.generate(cond, sampler, seed=list(seeds[start : start + batch_size])).images)
         return torch.cat(chunks)
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer block's activations in backward instead of storing them.
+
+        Trades memory for time: a training step keeps only the blocks' inputs, and its backward
+        runs the forward of every block once more. Only passes that record gradients are
+        affected; sampling (under ``no_grad``, KV-cached) and every result stay the same.
+        A runtime switch, never saved with the model. Implementations must recompute with the
+        tensors the forward used — an edit's ``W + Δ`` swapped in by ``functional_call`` is gone
+        by the time backward runs (see ``infinity.transformer.checkpointed_call``).
+
+        This default supports no model: turning it off is a no-op, turning it on raises.
+        """
+        if enabled:
+            raise ConfigError(f"{type(self).__name__} does not support activation checkpointing; train without it")
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -267,6 +267,9 @@ class EditedModel(ScaleWiseModel):
     def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.base.decode(maps)
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.base.set_activation_checkpointing(enabled)
+
     def module_groups(self) -> dict[str, list[nn.Module]]:
         return self.base.module_groups()
 

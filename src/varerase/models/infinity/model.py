@@ -193,6 +193,10 @@ class InfinityModel(ScaleWiseModel):
             "head": [t.head],
         }
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """See :meth:`ScaleWiseModel.set_activation_checkpointing`: checkpoints every transformer block."""
+        self.transformer.activation_checkpointing = bool(enabled)
+
     def state_dict_for_edit(self) -> dict[str, torch.Tensor]:
         """Trainable weights only (the transformer): what edits change and save."""
         return {f"transformer.{k}": v for k, v in self.transformer.state_dict().items()}

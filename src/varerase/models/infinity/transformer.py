@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
+from torch.func import functional_call
 
 from varerase.models.base import TextCondition
 from varerase.models.infinity.bsq import teacher_forcing_inputs
@@ -271,6 +273,19 @@ class CrossAttnBlock(nn.Module):
         return x, cache
 
 
+def checkpointed_call(module: nn.Module, *args: Any) -> Any:
+    """``module(*args)`` without keeping its activations: backward runs its forward once more.
+
+    The recompute uses the parameter and buffer tensors ``module`` holds *now*, captured here
+    and swapped back in with :func:`functional_call`. When the module is itself inside a
+    ``functional_call`` (an edit's ``W + Δ``), backward runs after that call has put the base
+    weights back; a plain ``checkpoint(module, …)`` would recompute with those and silently
+    give wrong gradients.
+    """
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return torch.utils.checkpoint.checkpoint(functional_call, module, tensors, args, use_reentrant=False)
+
+
 class AdaLNBeforeHead(nn.Module):
     def __init__(self, width: int, eps: float) -> None:
         super().__init__()
@@ -325,6 +340,8 @@ class InfinityTransformer(nn.Module):
         self.register_buffer("attn_mask", block_causal_mask(config.schedule), persistent=False)
         self.register_buffer("levels", token_levels(config.schedule), persistent=False)
         self.offsets = scale_offsets(config.schedule)
+        # A runtime switch, not part of the config: see InfinityModel.set_activation_checkpointing.
+        self.activation_checkpointing = False
 
     # --- text --------------------------------------------------------------------------------
     def prepare_condition(self, cond: TextCondition) -> PreparedCondition:
@@ -353,12 +370,16 @@ class InfinityTransformer(nn.Module):
     ) -> torch.Tensor:
         """Push embedded positions ``x [B, N, C]`` (flat sequence slice ``positions``) through all blocks.
 
-        ``caches`` (one entry per block) is read and updated in place when given.
+        ``caches`` (one entry per block) is read and updated in place when given. With
+        :attr:`activation_checkpointing` on, a pass that records gradients and keeps no caches
+        recomputes each block's activations in backward (:func:`checkpointed_call`).
         """
         rope = self.rope[:, positions]
+        recompute = self.activation_checkpointing and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             past = caches[i] if caches is not None else None
-            x, new = block(x, prepared.shared_gss, prepared.text, prepared.text_mask, rope, mask, past)
+            args = (x, prepared.shared_gss, prepared.text, prepared.text_mask, rope, mask, past)
+            x, new = checkpointed_call(block, *args) if recompute else block(*args)
             if caches is not None:
                 caches[i] = new
         return x
