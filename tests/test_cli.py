@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from varerase.cli import app
@@ -34,9 +36,11 @@ def test_unknown_concept_fails_with_a_suggestion_and_exit_code_2(tmp_path):
 
 def test_nonsensical_flags_are_refused(tmp_path):
     result = _varerase("erase", "--concept", "circle", "--steps", "0", "--out", str(tmp_path / "run"))
-    assert result.returncode == 2 and "steps must be ≥ 1" in result.stderr
+    assert result.returncode == 2 and "steps must be ≥ 1" in result.stderr and not (tmp_path / "run").exists()
     result = _varerase("generate", "-p", "a red circle", "--cfg", "-1", "--out", str(tmp_path / "g.png"))
     assert result.returncode == 2 and "cfg must be ≥ 0" in result.stderr
+    result = _varerase("erase", "--concept", "circle", "--parallel", "zero3", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "'ddp' or 'fsdp'" in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_malformed_pairs_file_names_file_and_line(tmp_path):
@@ -107,3 +111,17 @@ def test_set_flags_reach_method_and_attack_settings(tmp_path):
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "attack" / "attack.json").read_text())["settings"]
     assert settings["config"]["search"]["population"] == 8 and settings["config"]["num_prompts"] == 2
+
+
+def test_erase_with_activation_checkpointing_trains_the_same_edit_and_records_it(tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["erase", "--concept", "circle", "--method", "s-vare", "--steps", "2", "--batch-size", "2", "--set", "samples_per_pair=1"]
+    for name, flags in (("plain", []), ("checkpointed", ["--activation-checkpointing"])):
+        result = runner.invoke(app, [*common, *flags, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    plain, checkpointed = (load_file(tmp_path / name / "edit.safetensors") for name in ("plain", "checkpointed"))
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6, rtol=0) for k in plain)
+    recorded = yaml.safe_load((tmp_path / "checkpointed" / "config.yaml").read_text())
+    assert recorded["activation_checkpointing"] is True and recorded["parallel"]["strategy"] == "ddp"
+

@@ -60,3 +60,29 @@ def test_trained_model_follows_heldout_prompts_and_an_untrained_one_does_not(tin
     torch.manual_seed(0)
     untrained = InfinityModel(InfinityTransformer(tiny.config), tiny.vae, tiny.text_encoder, default_sampler=tiny.default_sampler).eval()
     assert _agreement(untrained, detector) < 0.2
+
+
+def test_mixed_precision_stores_linear_weights_in_bfloat16_without_changing_outputs(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from varerase.training.edits import EditConfig, ParameterEdit, load_edit
+
+    lowered = load_model("tiny", autocast_dtype="bfloat16")
+    dtypes = {name: p.dtype for name, p in lowered.transformer.named_parameters()}
+    assert dtypes["blocks.0.ffn.fc1.weight"] == torch.bfloat16 and dtypes["blocks.0.ca_norm.weight"] == torch.float32
+    assert dtypes["cfg_uncond"] == torch.float32
+    reference = load_model("tiny")
+    reference.autocast_dtype = "bfloat16"  # autocast alone, float32 weights
+    cond = tiny.encode_text(["a red circle on a striped background"])
+    maps = tiny.generate(cond, tiny.default_sampler, seed=0, decode=False).maps
+    # Autocast computes linear layers in bfloat16 anyway: storing them there changes nothing.
+    assert torch.equal(lowered.teacher_forced_logits(cond, maps), reference.teacher_forced_logits(cond, maps))
+
+    # A delta far below bfloat16's resolution of the weight survives saving: merged weights are float32.
+    edit = ParameterEdit(lowered, EditConfig(groups=["ffn"]))
+    name = "transformer.blocks.0.ffn.fc1.weight"
+    edit.deltas[name].data.fill_(1e-6)
+    edit.save(tmp_path / "edit.safetensors", lowered)
+    assert load_file(tmp_path / "edit.safetensors")[name].dtype == torch.float32
+    reloaded = load_edit(lowered, tmp_path)
+    torch.testing.assert_close(reloaded.edit.delta(name), torch.full_like(reloaded.edit.delta(name), 1e-6), atol=3e-8, rtol=0)  # float32 resolution of W + Δ

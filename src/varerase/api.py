@@ -20,6 +20,7 @@ from varerase.methods.registry import has_preset, method_config
 from varerase.methods.runner import ErasureResult, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model
+from varerase.training.distributed import DistributedContext, ParallelConfig
 from varerase.training.edits import load_edit
 
 
@@ -38,8 +39,6 @@ def sampler_for(model: ScaleWiseModel, **overrides: Any) -> SamplerConfig:
 
 def _join_ranks(model_options: dict[str, Any] | None):
     """Join torchrun's process group (alone without torchrun) and point ``device="cuda"`` at this rank's GPU."""
-    from varerase.training.distributed import DistributedContext
-
     context = DistributedContext.from_environment()
     options = dict(model_options or {})
     if context.is_distributed and str(options.get("device", "cpu")) == "cuda":
@@ -73,6 +72,8 @@ def erase(
     progress: bool = True,
     model_options: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
+    parallel: str = "ddp",
+    activation_checkpointing: bool = False,
     **settings: Any,
 ) -> ErasureResult:
     """Erase ``concepts`` (world names) and/or the pairs in ``pairs`` from ``model`` with ``method``.
@@ -81,15 +82,25 @@ def erase(
     which ``preset`` (default: ``tiny`` for the built-in model, where the method has one) and then
     ``config_file`` (YAML) set first;
     ``out`` is the run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
+    ``parallel`` (under torchrun): ``ddp`` replicates the edit on every rank, ``fsdp`` shards it
+    (FSDP2), its deltas gathered in the ``autocast_dtype`` of ``model_options`` when one is set.
+    ``activation_checkpointing`` recomputes each transformer block in backward instead of keeping
+    its activations (less memory, about one more forward per step).
     """
     if preset is None and model == "tiny" and has_preset(method, "tiny"):
         preset = "tiny"  # settings tuned for the built-in model
     config = method_config(method, preset, settings, str(config_file) if config_file else None)
     prompt_pairs, retain = erasure_prompts(concepts, pairs)  # bad input fails before a model loads
+    parallel_config = ParallelConfig(parallel, param_dtype=(model_options or {}).get("autocast_dtype"))
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, **options)
-    extra = {"model": model if isinstance(model, str) else type(model).__name__, "concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None, "preset": preset}
-    return run_erasure(loaded, method, prompt_pairs, config, retain, run_dir=out, resume=resume, progress=progress, extra_config=extra, context=context)
+    loaded.set_activation_checkpointing(activation_checkpointing)
+    extra = {
+        "model": model if isinstance(model, str) else type(model).__name__, "concepts": list(concepts),
+        "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None, "preset": preset,
+        "parallel": asdict(parallel_config), "activation_checkpointing": activation_checkpointing,
+    }
+    return run_erasure(loaded, method, prompt_pairs, config, retain, run_dir=out, resume=resume, progress=progress, extra_config=extra, context=context, parallel=parallel_config)
 
 
 @torch.no_grad()

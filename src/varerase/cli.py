@@ -83,12 +83,14 @@ def erase(
     text_encoder: Optional[str] = TextEncoderOpt,
     device: str = DeviceOpt,
     mixed_precision: Optional[str] = PrecisionOpt,
+    parallel: str = typer.Option("ddp", "--parallel", help="Under torchrun: 'ddp' keeps the whole edit on every GPU; 'fsdp' shards the edit, its gradients and optimiser state (FSDP2), for models whose edit does not fit (docs/distributed.md)."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", "--gradient_checkpointing", help="Recompute each transformer block in backward instead of keeping its activations: less GPU memory, about one more forward per step."),
 ) -> None:
     """Erase a concept: writes config.yaml, edit.safetensors, metrics.json and state/ into --out."""
     from varerase import api
 
     result = api.erase(
-        model, method, concept, pairs, out, preset=preset, resume=resume, config_file=config,
+        model, method, concept, pairs, out, preset=preset, resume=resume, config_file=config, parallel=parallel, activation_checkpointing=activation_checkpointing,
         model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
         **{**parse_assignments(settings), **{k: v for k, v in dict(
             steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,

@@ -141,3 +141,8 @@ class Eraser(abc.ABC):
 
     def edited_model(self) -> EditedModel:
         return self.edited
+
+    def replace_edit(self, edit: ParameterEdit) -> None:
+        """Continue with ``edit`` (same config and parameters) in place of :attr:`edit`, e.g. after training it sharded."""
+        self.edit = edit
+        self.edited = EditedModel(self.model, edit)

@@ -21,8 +21,8 @@ from varerase.io import atomic_write_json, atomic_write_yaml
 from varerase.methods.base import MethodConfig
 from varerase.methods.registry import eraser_class
 from varerase.models.base import ScaleWiseModel
-from varerase.training.distributed import DistributedContext
-from varerase.training.edits import EditedModel
+from varerase.training.distributed import DistributedContext, ParallelConfig, shard_edit
+from varerase.training.edits import EditedModel, gather_edit
 from varerase.training.trainer import Trainer, seed_everything
 
 
@@ -63,17 +63,22 @@ def run_erasure(
     progress: bool = True,
     extra_config: dict | None = None,
     context: DistributedContext | None = None,
+    parallel: ParallelConfig | None = None,
 ) -> ErasureResult:
     """Erase with ``method`` and write the run directory (if given); see module docstring.
 
     ``resume=True`` continues an interrupted run from its last saved state and ends with the
     same edit as an uninterrupted run. ``cache_dir`` defaults to ``run_dir/teacher_cache``.
-    ``context`` defaults to the processes torchrun started (this one alone without torchrun).
+    ``context`` defaults to the processes torchrun started (this one alone without torchrun);
+    ``parallel`` says how they share the edit (default DDP; ``fsdp`` shards it, see
+    docs/distributed.md).
     """
     context = context or DistributedContext.from_environment()
+    parallel = parallel or ParallelConfig()
     context.check_device(model)
     progress = progress and context.is_main
-    if eraser_class(method).trains:
+    trainer_config = config.trainer_config() if eraser_class(method).trains else None  # bad settings stop here, before any file
+    if trainer_config is not None:
         check_batches_split(config, context)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
@@ -106,12 +111,18 @@ def run_erasure(
     prepare_seconds = time.perf_counter() - started
     history, resumed_from = [], 0
     if eraser.trains:  # closed-form methods (UCE) finish their edit in prepare()
-        trainer = Trainer(eraser.edit, config.trainer_config(), run_dir, progress=progress, context=context)
+        sharded = context.is_distributed and parallel.strategy == "fsdp"
+        if sharded:  # before the optimiser exists: FSDP2 replaces the parameters by their shards
+            shard_edit(eraser.edit, list(eraser.edit.parts.values()), parallel)
+        trainer = Trainer(eraser.edit, trainer_config, run_dir, progress=progress, context=context)
         resumed_from = trainer.step if resume and trainer.load_state() else 0
         # DDP wraps the edit after it is loaded, for training only: later uses of the edited model
         # (evaluation on one rank, say) must not wait for the other ranks' gradients.
-        with eraser.edited.edit_called_through(context.data_parallel(eraser.edit)):
+        with eraser.edited.edit_called_through(eraser.edit if sharded else context.data_parallel(eraser.edit)):
             history = trainer.run(eraser.step, description=f"{method}")
+        del trainer  # frees the optimiser state before the sharded edit is gathered
+        if sharded:  # every rank gets the whole edit back, a plain module again
+            eraser.replace_edit(gather_edit(model, eraser.edit))
     seconds = time.perf_counter() - started
     metrics = {
         "method": method,
@@ -121,6 +132,7 @@ def run_erasure(
         "prepare_seconds": round(prepare_seconds, 3),
         "forward_tokens": sum(context.all_gather_objects(eraser.forward_tokens)),
         "world_size": context.world_size,
+        "parallel": parallel.strategy if context.is_distributed else None,
         "final": history[-1] if history else {},
     }
     if run_dir is not None and context.is_main:

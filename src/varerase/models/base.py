@@ -227,6 +227,14 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         are text features and whose outputs are attention keys and values (closed-form edits use them).
         """
 
+    def block_names(self) -> list[str]:
+        """Names (as in ``named_modules()``) of the repeated transformer blocks, in order.
+
+        An edit keeps each block's deltas together, the unit FSDP2 shards (docs/distributed.md);
+        a model that names none keeps all its deltas in one unit.
+        """
+        return []
+
     # --- conveniences -------------------------------------------------------------------------
     @torch.no_grad()
     def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerConfig | None = None, batch_size: int = 64) -> torch.Tensor:

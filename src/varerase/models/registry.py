@@ -75,7 +75,8 @@ def load_model(
         near = difflib.get_close_matches(name_or_path, MODEL_NAMES, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise ConfigError(f"unknown model {name_or_path!r}; {hint}known: {', '.join(MODEL_NAMES)}, or a folder written by save_pretrained")
-    model.autocast_dtype = autocast_dtype
+    if autocast_dtype is not None:
+        model.use_mixed_precision(autocast_dtype)
     return model
 
 

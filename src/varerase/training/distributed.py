@@ -9,8 +9,11 @@ one process group. A plain ``python`` run is rank 0 of 1, and then no helper her
   (:meth:`DistributedContext.data_parallel`) averages the edit's gradients.
 * Work that is not a batch (teacher generations, evaluation prompts) is dealt out with
   :meth:`DistributedContext.shard` and collected with :meth:`DistributedContext.all_gather_objects`.
-* :func:`shard_blocks` applies FSDP2 (``fully_shard``) block by block to a model too large for one
-  device; docs/distributed.md says what it composes with (not yet with edits).
+* With ``ParallelConfig(strategy="fsdp")`` the edit is not replicated but sharded with FSDP2
+  (:func:`shard_edit`, ``fully_shard`` per transformer block's deltas): each rank keeps ``1/N`` of
+  the deltas, their gradients and AdamW state, the part of erasure memory that grows with the
+  model (docs/distributed.md has the figures). The frozen base model stays whole on every rank:
+  it is what the edit is added to with ``functional_call``, which FSDP-managed weights would ignore.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -139,34 +142,59 @@ class DistributedContext:
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
 
 
+ParallelStrategy = Literal["ddp", "fsdp"]
+
+
 @dataclass
-class ShardingConfig:
-    """FSDP2 settings for :func:`shard_blocks`. A dtype of None keeps the parameters' own."""
+class ParallelConfig:
+    """How ranks share the training of an edit (used only when there is more than one rank).
 
-    param_dtype: torch.dtype | None = torch.bfloat16  # dtype of the gathered weights the blocks compute with
-    reduce_dtype: torch.dtype | None = torch.float32  # dtype gradients are averaged in
-    activation_checkpointing: bool = False  # recompute each block's activations in backward instead of keeping them
-    reshard_after_forward: bool = True  # free gathered weights after forward (gather again for backward)
+    ``ddp``: every rank holds the whole edit and its AdamW state; DDP averages gradients.
+    ``fsdp``: FSDP2 (``fully_shard``) shards the edit block by block (one unit per
+    :class:`~varerase.training.edits.EditPart`), with its gradients and AdamW state: each rank
+    holds ``1/N`` of them and gathers a block's deltas only while adding them to its weights.
+    ``param_dtype`` is the dtype the gathered deltas are sent and added in (None: float32,
+    ``"bfloat16"`` halves the traffic); gradients are averaged in ``reduce_dtype``.
+    """
+
+    strategy: ParallelStrategy = "ddp"
+    param_dtype: str | None = None
+    reduce_dtype: str = "float32"
+    reshard_after_forward: bool = True  # free a block's gathered deltas after use (gather again in backward)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"parallel strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        for name in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"{name} must be float32, bfloat16 or float16, got {value!r}")
 
 
-def shard_blocks(root: nn.Module, blocks: Sequence[nn.Module], config: ShardingConfig | None = None) -> nn.Module:
-    """Apply FSDP2 to each of ``blocks`` (submodules of ``root``), then to ``root`` for its other parameters.
+def _dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
 
-    Afterwards every parameter is a DTensor sharded over all ranks (dim 0); a block's full weights
-    exist only while it runs. Every rank must call this, and then run the same forwards and
-    backwards, entering through ``root``'s ``forward`` (FSDP gathers the root's own parameters in
-    its hook). Returns ``root``, changed in place. docs/distributed.md says why ``erase`` does not
-    use this yet (Infinity's entry points and the edits' ``functional_call``).
+
+def shard_edit(edit: nn.Module, parts: Sequence[nn.Module], config: ParallelConfig) -> nn.Module:
+    """Apply FSDP2 to each of ``parts`` (submodules of ``edit``), then to ``edit`` itself; returns ``edit``, changed in place.
+
+    Afterwards every parameter is a DTensor sharded over all ranks (dim 0). ``edit`` is the FSDP
+    root: calling it gathers nothing itself, and each part is gathered when called and freed after
+    (``reshard_after_forward``). Every rank must make the same calls. Forward inputs are never
+    cast (``cast_forward_inputs=False``): the base weights handed to the parts keep their dtype.
     """
     # Imported here: FSDP loads half a second of modules that single-process runs never use.
-    from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    config = config or ShardingConfig()
-    policy = MixedPrecisionPolicy(param_dtype=config.param_dtype, reduce_dtype=config.reduce_dtype)
-    for block in blocks:
-        if config.activation_checkpointing:
-            checkpoint(block)  # composable API: the block stays where it is (no wrapper module, same names)
-        fully_shard(block, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
-    fully_shard(root, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
-    return root
+    policy = MixedPrecisionPolicy(param_dtype=_dtype(config.param_dtype), reduce_dtype=_dtype(config.reduce_dtype), cast_forward_inputs=False)
+    for part in parts:
+        fully_shard(part, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
+    fully_shard(edit, mp_policy=policy)
+    return edit
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters are FSDP2 shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())

@@ -60,59 +60,112 @@ class EditConfig:
             raise ConfigError(f"scope must be 'all' or 'scale0', got {self.scope!r}")
 
 
+def _key(name: str) -> str:
+    """A parameter or module name as a ``ParameterDict``/``ModuleDict`` key (no dots)."""
+    return name.replace(".", "__")
+
+
+class EditPart(nn.Module):
+    """The deltas of the edited parameters inside one transformer block (or of all others).
+
+    The unit FSDP2 shards (:func:`varerase.training.distributed.shard_edit`): its deltas are
+    gathered only while :meth:`forward` adds them to the block's weights.
+    """
+
+    def __init__(self, named_params: list[tuple[str, nn.Parameter]], lora_rank: int) -> None:
+        super().__init__()
+        self.names = [name for name, _ in named_params]
+        self.deltas = nn.ParameterDict()
+        self.lora_a = nn.ParameterDict()
+        self.lora_b = nn.ParameterDict()
+        for name, param in named_params:
+            if lora_rank == 0:
+                self.deltas[_key(name)] = nn.Parameter(torch.zeros_like(param, dtype=torch.float32))
+            else:
+                a = torch.empty(lora_rank, param.shape[1], device=param.device)
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                self.lora_a[_key(name)] = nn.Parameter(a)
+                self.lora_b[_key(name)] = nn.Parameter(torch.zeros(param.shape[0], lora_rank, device=param.device))
+
+    def delta(self, name: str, lora_scaling: float) -> torch.Tensor:
+        """The delta of parameter ``name`` (same shape as the parameter)."""
+        key = _key(name)
+        if key in self.deltas:
+            return self.deltas[key]
+        return lora_scaling * (self.lora_b[key] @ self.lora_a[key])
+
+    def forward(self, weights: dict[str, torch.Tensor], lora_scaling: float) -> dict[str, torch.Tensor]:
+        """``{name: W + Δ}`` for this part's ``names``, given ``weights = {name: W}``, in W's dtype.
+
+        The sum is taken in float32 (W + Δ promotes) and rounded once: a bfloat16 W would swallow a
+        small Δ rounded on its own.
+        """
+        return {name: (weights[name] + self.delta(name, lora_scaling)).to(weights[name].dtype) for name in self.names}
+
+
 class ParameterEdit(nn.Module):
-    """Trainable deltas for the chosen parameters of a model.
+    """Trainable deltas for the chosen parameters of a model, kept in one :class:`EditPart` per block.
 
     Full mode keeps one zero-initialised delta per parameter. LoRA mode factorises the delta of
     every 2-D linear weight as ``(α/r)·B·A`` (``A [r, in]`` random, ``B [out, r]`` zero) and leaves
-    other parameters (biases, vectors) unedited, as peft does.
+    other parameters (biases, vectors) unedited, as peft does. Parameters inside a block of
+    ``model.block_names()`` go into that block's part; all others into part ``"other"``.
     """
 
     def __init__(self, model: ScaleWiseModel, config: EditConfig) -> None:
         super().__init__()
         self.config = config
-        self.names: list[str] = []
-        self.deltas = nn.ParameterDict()
-        self.lora_a = nn.ParameterDict()
-        self.lora_b = nn.ParameterDict()
-        for name, param in module_group_parameters(model, config.groups):
-            key = name.replace(".", "__")
-            if config.lora_rank == 0:
-                self.deltas[key] = nn.Parameter(torch.zeros_like(param, dtype=torch.float32))
-            elif param.ndim == 2 and name.endswith(".weight"):
-                a = torch.empty(config.lora_rank, param.shape[1], device=param.device)
-                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-                self.lora_a[key] = nn.Parameter(a)
-                self.lora_b[key] = nn.Parameter(torch.zeros(param.shape[0], config.lora_rank, device=param.device))
-            else:
-                continue
-            self.names.append(name)
-        if not self.names:
+        chosen = [
+            (name, param)
+            for name, param in module_group_parameters(model, config.groups)
+            if config.lora_rank == 0 or (param.ndim == 2 and name.endswith(".weight"))
+        ]
+        if not chosen:
             raise ConfigError(f"module groups {config.groups} hold no parameters this edit can change")
+        self.names = [name for name, _ in chosen]
+        by_part: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        blocks = model.block_names()
+        for name, param in chosen:
+            block = next((b for b in blocks if name.startswith(b + ".")), "other")
+            by_part.setdefault(_key(block), []).append((name, param))
+        self.parts = nn.ModuleDict({key: EditPart(named, config.lora_rank) for key, named in by_part.items()})
+        self._part_of = {name: key for key, named in by_part.items() for name, _ in named}
 
     @property
     def lora_scaling(self) -> float:
         return (self.config.lora_alpha or self.config.lora_rank) / max(self.config.lora_rank, 1)
 
+    @property
+    def deltas(self) -> dict[str, nn.Parameter]:
+        """Full mode's deltas by parameter name (empty for LoRA)."""
+        return {name: self.parts[self._part_of[name]].deltas[_key(name)] for name in self.names if self.config.lora_rank == 0}
+
+    def lora_factors(self, name: str) -> tuple[nn.Parameter, nn.Parameter]:
+        """LoRA's ``(A [r, in], B [out, r])`` of parameter ``name``."""
+        part = self.parts[self._part_of[name]]
+        return part.lora_a[_key(name)], part.lora_b[_key(name)]
+
     def delta(self, name: str) -> torch.Tensor:
         """The delta of parameter ``name`` (same shape as the parameter)."""
-        key = name.replace(".", "__")
-        if self.config.lora_rank == 0:
-            return self.deltas[key]
-        return self.lora_scaling * (self.lora_b[key] @ self.lora_a[key])
+        return self.parts[self._part_of[name]].delta(name, self.lora_scaling)
 
     def forward(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``{parameter name: W + Δ}`` for :func:`functional_call` on ``model``.
 
-        The module's ``forward`` (not a plain method) so that a wrapper around the edit, such as
-        DDP, sees each use of the deltas and hooks into their backward.
+        The module's ``forward`` (not a plain method), and each part called as a module, so that
+        a wrapper around the edit (DDP) or its parts (FSDP2) sees each use of the deltas and
+        hooks into their backward.
         """
         params = dict(model.named_parameters())
-        return {name: params[name] + self.delta(name).to(params[name].dtype) for name in self.names}
+        overrides: dict[str, torch.Tensor] = {}
+        for part in self.parts.values():
+            overrides.update(part({name: params[name] for name in part.names}, self.lora_scaling))
+        return overrides
 
     def changed_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Merged weights ``W + Δ`` of every edited parameter, detached."""
-        return {k: v.detach() for k, v in self(model).items()}
+        """Merged weights ``W + Δ`` of every edited parameter in float32 (whatever W's dtype: Δ survives), detached."""
+        params = dict(model.named_parameters())
+        return {name: (params[name].detach().float() + self.delta(name).detach().float()) for name in self.names}
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
@@ -125,12 +178,25 @@ class ParameterEdit(nn.Module):
             tensors = {}
             for name in self.names:
                 module_name = name[: -len(".weight")]
-                key = name.replace(".", "__")
-                tensors[f"{module_name}.lora_A.weight"] = self.lora_a[key].detach()
-                tensors[f"{module_name}.lora_B.weight"] = self.lora_b[key].detach()
+                lora_a, lora_b = self.lora_factors(name)
+                tensors[f"{module_name}.lora_A.weight"] = lora_a.detach()
+                tensors[f"{module_name}.lora_B.weight"] = lora_b.detach()
             metadata.update(kind="lora", rank=str(self.config.lora_rank), alpha=str(self.config.lora_alpha or self.config.lora_rank))
         metadata.update(extra_metadata or {})
         atomic_save_safetensors(tensors, path, metadata=metadata)
+
+
+def gather_edit(model: ScaleWiseModel, edit: ParameterEdit) -> ParameterEdit:
+    """A plain copy of ``edit`` holding its whole tensors, gathered from the ranks if FSDP2 sharded it.
+
+    Collective when ``edit`` is sharded: every rank calls it and gets the same copy.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(edit, options=StateDictOptions(full_state_dict=True))
+    copy = ParameterEdit(model, edit.config)
+    copy.load_state_dict(full, strict=True)
+    return copy
 
 
 def load_edit(model: ScaleWiseModel, path: str | Path) -> "EditedModel":
@@ -167,17 +233,17 @@ def load_edit(model: ScaleWiseModel, path: str | Path) -> "EditedModel":
         for name, weight in tensors.items():
             if weight.shape != params[name].shape:
                 raise CheckpointError(f"{path}: {name} has shape {tuple(weight.shape)}, model has {tuple(params[name].shape)}")
-            edit.deltas[name.replace(".", "__")].data = (weight.float() - params[name].detach().float()).to(params[name].device)
+            edit.deltas[name].data = (weight.float() - params[name].detach().float()).to(params[name].device)
     elif kind == "lora":
         for name in edit.names:
-            module_name, key = name[: -len(".weight")], name.replace(".", "__")
-            for factor, store in (("lora_A", edit.lora_a), ("lora_B", edit.lora_b)):
+            module_name = name[: -len(".weight")]
+            for factor, param in zip(("lora_A", "lora_B"), edit.lora_factors(name)):
                 tensor_name = f"{module_name}.{factor}.weight"
                 if tensor_name not in tensors:
                     raise CheckpointError(f"{path} lacks {tensor_name}")
-                if tensors[tensor_name].shape != store[key].shape:
-                    raise CheckpointError(f"{path}: {tensor_name} has shape {tuple(tensors[tensor_name].shape)}, expected {tuple(store[key].shape)}")
-                store[key].data = tensors[tensor_name].to(store[key].device, torch.float32)
+                if tensors[tensor_name].shape != param.shape:
+                    raise CheckpointError(f"{path}: {tensor_name} has shape {tuple(tensors[tensor_name].shape)}, expected {tuple(param.shape)}")
+                param.data = tensors[tensor_name].to(param.device, torch.float32)
     else:
         raise CheckpointError(f"{path} has unknown edit kind {kind!r}")
     return EditedModel(model, edit.requires_grad_(False))
@@ -272,6 +338,9 @@ class EditedModel(ScaleWiseModel):
 
     def module_groups(self) -> dict[str, list[nn.Module]]:
         return self.base.module_groups()
+
+    def block_names(self) -> list[str]:
+        return self.base.block_names()
 
     def fingerprint(self) -> str:
         import hashlib

@@ -118,26 +118,40 @@ class Trainer:
         return self.run_dir / "state" if self.run_dir is not None else None
 
     def save_state(self) -> None:
-        """Write ``state/`` atomically (rank 0 only): parameters (safetensors), optimiser and RNG (weights-only pickle)."""
-        if self.state_dir is None or not self.context.is_main:
+        """Write ``state/`` atomically (rank 0): parameters (safetensors), optimiser and RNG (weights-only pickle).
+
+        The states are *full* ones (PyTorch's ``get_state_dict(full_state_dict=True)``), gathered
+        from the ranks when the edit is sharded, so a run can resume on another number of ranks
+        or with another parallel strategy. Every rank must call this (the gather is collective).
+        """
+        if self.state_dir is None:
             return
         import io
 
-        atomic_save_safetensors(dict(self.module.state_dict()), self.state_dir / "module.safetensors")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        module_state, optimizer_state = get_state_dict(self.module, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.context.is_main:
+            return
+        atomic_save_safetensors({k: v.contiguous() for k, v in module_state.items()}, self.state_dir / "module.safetensors")
         buffer = io.BytesIO()
-        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, buffer)
+        torch.save({"optimizer": optimizer_state, "torch_rng": torch.get_rng_state()}, buffer)
         atomic_write_bytes(buffer.getvalue(), self.state_dir / "optimizer.pt")
         # Written last: its presence says the two files above belong to this step.
         atomic_write_json({"step": self.step, "history": self.history}, self.state_dir / "progress.json")
 
     def load_state(self) -> bool:
-        """Restore the last saved state; False when there is none."""
+        """Restore the last saved state (every rank reads the same files and keeps its shard); False when there is none."""
         if self.state_dir is None or not (self.state_dir / "progress.json").exists():
             return False
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
         progress = json.loads((self.state_dir / "progress.json").read_text())
-        self.module.load_state_dict(load_file(self.state_dir / "module.safetensors"), strict=True)
         saved = torch.load(self.state_dir / "optimizer.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=load_file(self.state_dir / "module.safetensors"),
+            optim_state_dict=saved["optimizer"], options=StateDictOptions(full_state_dict=True, strict=True),
+        )
         torch.set_rng_state(saved["torch_rng"])
         self.step = int(progress["step"])
         self.history = list(progress["history"])
@@ -161,7 +175,8 @@ class Trainer:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.parameters], self.config.grad_clip)
         self.optimizer.step()
-        return float(norm)
+        # Sharded gradients give a DTensor norm (already reduced over ranks); its value is the whole one.
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def run(self, step_fn: StepFn, description: str = "erasing") -> list[dict[str, float]]:
         """Run the remaining steps; returns the per-step log records."""

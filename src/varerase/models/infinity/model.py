@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from varerase.errors import CheckpointError
+from varerase.errors import CheckpointError, ConfigError
 from varerase.config import dataclass_from_dict
 from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.base import (
@@ -63,6 +63,20 @@ class InfinityModel(ScaleWiseModel):
     @property
     def config(self) -> InfinityConfig:
         return self.transformer.config
+
+    def use_mixed_precision(self, dtype: str) -> None:
+        """Run the transformer under autocast in ``dtype`` (bfloat16/float16) and store its linear weights in it.
+
+        Autocast computes every linear layer in ``dtype`` anyway, so storing their weights in it
+        changes no output and halves the memory they take (what matters for Infinity-2B/8B); norms,
+        embeddings, AdaLN gains and ``cfg_uncond`` stay float32. Lossy one way: load again for float32.
+        """
+        if dtype not in ("bfloat16", "float16"):
+            raise ConfigError(f"mixed precision must be bfloat16 or float16, got {dtype!r}")
+        self.autocast_dtype = dtype
+        for module in self.transformer.modules():
+            if isinstance(module, nn.Linear):
+                module.to(getattr(torch, dtype))
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -192,6 +206,9 @@ class InfinityModel(ScaleWiseModel):
             "embeddings": [t.word_embed, t.lvl_embed],
             "head": [t.head],
         }
+
+    def block_names(self) -> list[str]:
+        return [f"transformer.blocks.{i}" for i in range(len(self.transformer.blocks))]
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """See :meth:`ScaleWiseModel.set_activation_checkpointing`: checkpoints every transformer block."""
