@@ -4,7 +4,9 @@
     python benchmarks/infinity_speed.py --depth 4 --width 256 --heads 4 --pixels 0.06M   # a CPU-sized check
 
 Prints one table: teacher-forced forward+backward step time (batch --batch), KV-cached generation
-time (CFG on, decoding excluded) and peak GPU memory where the device has one.
+time (CFG on, decoding excluded) and peak GPU memory where the device has one. ``--dtype`` stores the
+linear weights in that dtype and autocasts (as ``--mixed-precision`` does); ``--activation-checkpointing``
+recomputes blocks in backward.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 / float16 autocast")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward (erase --activation-checkpointing)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.preset:
@@ -46,6 +49,7 @@ def main() -> None:
     with torch.device(device):
         transformer = InfinityTransformer(config)
     model = InfinityModel(transformer, None, None, autocast_dtype=args.dtype).eval()
+    model.set_activation_checkpointing(args.activation_checkpointing)
     params = sum(p.numel() for p in transformer.parameters())
     cond = TextCondition(torch.randn(args.batch, 32, config.text_channels, device=device), torch.ones(args.batch, 32, dtype=torch.bool, device=device))
     maps = [torch.randint(0, 2, (args.batch, h, w, config.bits), device=device) for h, w in config.schedule]
@@ -70,10 +74,10 @@ def main() -> None:
         _sync(device)
         gen_times.append(time.perf_counter() - start)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
-    print("| model | params | tokens L | batch | device | dtype | teacher-forced fwd+bwd | generation (CFG) | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | tokens L | batch | device | dtype | checkpointing | teacher-forced fwd+bwd | generation (CFG) | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     name = args.preset or f"depth {config.depth}, width {config.width}"
-    print(f"| {name} | {params / 1e6:.1f}M | {sum(h * w for h, w in config.schedule)} | {args.batch} | {device} | {args.dtype or 'float32'} | {step:.3f} s | {min(gen_times[1:]):.3f} s | {peak} |")
+    print(f"| {name} | {params / 1e6:.1f}M | {sum(h * w for h, w in config.schedule)} | {args.batch} | {device} | {args.dtype or 'float32'} | {'on' if args.activation_checkpointing else 'off'} | {step:.3f} s | {min(gen_times[1:]):.3f} s | {peak} |")
 
 
 if __name__ == "__main__":

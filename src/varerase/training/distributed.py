@@ -191,10 +191,3 @@ def shard_edit(edit: nn.Module, parts: Sequence[nn.Module], config: ParallelConf
         fully_shard(part, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
     fully_shard(edit, mp_policy=policy)
     return edit
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether ``module``'s parameters are FSDP2 shards (DTensors)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in module.parameters())

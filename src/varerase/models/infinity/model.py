@@ -35,8 +35,9 @@ from varerase.models.text import TextEncoder, TextEncoderConfig
 class InfinityModel(ScaleWiseModel):
     """Infinity (transformer + bitwise VAE + text encoder) as a :class:`ScaleWiseModel`.
 
-    ``autocast_dtype`` ("bfloat16"/"float16") runs the transformer under ``torch.autocast``;
-    norms, RoPE and the head stay in float32 as in the official code. ``default_sampler`` is the
+    ``autocast_dtype`` ("bfloat16"/"float16") runs the transformer under ``torch.autocast`` with
+    its linear weights stored in that dtype (:meth:`use_mixed_precision`); norms, RoPE and the
+    head's output stay in float32 as in the official code. ``default_sampler`` is the
     sampling a user gets without flags (saved with the model).
     """
 
@@ -56,7 +57,9 @@ class InfinityModel(ScaleWiseModel):
         self.text_encoder = text_encoder
         self.schedule = list(transformer.config.schedule)
         self.bits = transformer.config.bits
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = None
+        if autocast_dtype is not None:
+            self.use_mixed_precision(autocast_dtype)
         self.default_sampler = default_sampler or SamplerConfig()
         self._text_cache = {}
 
