@@ -194,13 +194,17 @@ def attack(
     progress: bool = True,
     model_options: dict[str, Any] | None = None,
 ):
-    """Run attack ``name`` against the (edited) model; writes ``attack.json`` and images into ``out``."""
+    """Run attack ``name`` against the (edited) model; writes ``attack.json`` and images into ``out``.
+
+    Under ``torchrun`` the ranks share the work (each loads the model onto its own GPU); rank 0 writes.
+    """
     from varerase.evaluation.attacks.registry import run_attack
     from varerase.evaluation.detectors.registry import load_detector
 
-    loaded = resolve_model(model, edit, **(model_options or {}))
+    context, options = _join_ranks(model_options)
+    loaded = resolve_model(model, edit, **options)
     scorer = load_detector(detector, [concept], clip_model)
-    return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress)
+    return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress, context)
 
 
 def issa(
@@ -214,12 +218,16 @@ def issa(
     progress: bool = True,
     model_options: dict[str, Any] | None = None,
 ):
-    """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``."""
+    """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``.
+
+    Under ``torchrun`` the ranks share the ``(pair, seed)`` rows (each loads the model onto its own GPU); rank 0 writes.
+    """
     from varerase.evaluation.detectors.registry import load_detector
     from varerase.evaluation.issa import run_issa
 
     prompt_pairs = list(world_concept_prompts([concept]).pairs)
     chosen = prompt_pairs[:: max(1, len(prompt_pairs) // max_pairs)][:max_pairs]
-    loaded = resolve_model(model, edit, **(model_options or {}))
+    context, options = _join_ranks(model_options)
+    loaded = resolve_model(model, edit, **options)
     scorer = load_detector(detector, [concept]) if detector else None
-    return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress)
+    return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress, context)

@@ -40,6 +40,7 @@ from varerase.evaluation.metrics import (
     prompt_following,
 )
 from varerase.evaluation.prompts import EvalPrompt
+from varerase.evaluation.sharding import map_sharded
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, ScaleWiseModel
@@ -186,19 +187,16 @@ def _distances(distances: FeatureDistances) -> dict:
 
 @torch.no_grad()
 def generate_sharded(model: ScaleWiseModel, prompts: list[str], sampler: SamplerConfig, seeds: list[int], context: DistributedContext) -> torch.Tensor | None:
-    """Images ``[B, 3, H, W]`` for ``prompts``/``seeds``: under torchrun each rank draws its share of
-    the rows and all ranks gather them back in order. Every row has its own seed, so the images are
-    exactly those of a single process."""
-    if not context.is_distributed:
-        return model.generate(model.encode_text(prompts), sampler, seed=seeds).images
-    mine = context.shard(list(range(len(prompts))))
-    images = model.generate(model.encode_text([prompts[i] for i in mine]), sampler, seed=[seeds[i] for i in mine]).images if mine else None
-    shares = context.all_gather_objects((mine, None if images is None else images.cpu()))
-    ordered: list[torch.Tensor | None] = [None] * len(prompts)
-    for indices, share in shares:
-        for row, i in enumerate(indices):
-            ordered[i] = share[row]
-    return torch.stack(ordered)
+    """Images ``[B, 3, H, W]`` for ``prompts``/``seeds`` (None without a decoder): under torchrun each
+    rank draws its share of the rows and all ranks gather them back in order (:func:`map_sharded`).
+    Every row has its own seed, so the images are those of a single process."""
+
+    def draw(rows: list[int]) -> list[torch.Tensor | None]:
+        images = model.generate(model.encode_text([prompts[i] for i in rows]), sampler, seed=[seeds[i] for i in rows]).images
+        return [None] * len(rows) if images is None else list(images)
+
+    images = map_sharded(draw, len(prompts), context)
+    return None if any(image is None for image in images) else torch.stack(images)
 
 
 def evaluate(

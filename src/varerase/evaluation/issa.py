@@ -12,14 +12,18 @@ generates with ``c_a`` for scales ``< k`` and ``c_u`` for scales ``≥ k`` (same
 Detector-free: per scale ``k``, the mean per-unit ``KL(p(·|c_u, r) ‖ p(·|c_a, r))`` of the
 conditional (no CFG) teacher-forced logits, over the positions of scale ``k``, with ``r`` the
 ``c_u`` generations (``x_0``'s maps). Works on any :class:`ScaleWiseModel`, an ``EditedModel`` too.
+
+Every ``(pair, seed)`` row is generated with its own seed, so under ``torchrun`` the ranks share
+the rows out and gather them back in order: the curves are a single process's.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +32,7 @@ from varerase.data.pairs import PromptPair
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks.base import concept_presence, progress_bar, resolve_concept
 from varerase.evaluation.detectors.base import ConceptDetector
+from varerase.evaluation.sharding import map_sharded
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_bytes, atomic_write_json
 from varerase.models.units import per_unit_kl
@@ -149,16 +154,26 @@ def _downscale(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(images.float(), size=size, mode="area").cpu()
 
 
-def scale_kl(model: ScaleWiseModel, cond_u: TextCondition, cond_a: TextCondition, maps: Sequence[torch.Tensor]) -> list[float]:
-    """Mean per-unit ``KL(p(·|c_u, r) ‖ p(·|c_a, r))`` per scale under teacher forcing on ``maps`` (``S`` values)."""
+def scale_kl(model: ScaleWiseModel, cond_u: TextCondition, cond_a: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean per-unit ``KL(p(·|c_u, r) ‖ p(·|c_a, r))`` per row and scale under teacher forcing on ``maps``: ``[B, S]``."""
     with torch.no_grad():
         # Two passes, not one padded batch: identical conditions then give exactly zero KL.
         kl = per_unit_kl(model.teacher_forced_logits(cond_u, maps), model.teacher_forced_logits(cond_a, maps))
-    per_position = kl.mean(dim=(0, 2))  # [L]
-    return [float(part.mean()) for part in per_position.split(scale_token_counts(model.schedule))]
+    per_position = kl.mean(dim=2)  # [B, L]
+    return torch.stack([part.mean(dim=1) for part in per_position.split(scale_token_counts(model.schedule), dim=1)], dim=1)
 
 
-def issa_pair(
+class SwitchRow(NamedTuple):
+    """What one seed of one pair gives: ``strip [S+1, 3, h, w]`` (column ``k``), the detector's
+    ``scores [S+1]`` and ``present [S+1]`` (None without a detector) and ``kl [S]``."""
+
+    strip: torch.Tensor
+    scores: torch.Tensor | None
+    present: torch.Tensor | None
+    kl: torch.Tensor
+
+
+def switch_rows(
     model: ScaleWiseModel,
     pair: PromptPair,
     detector: ConceptDetector | None,
@@ -166,33 +181,48 @@ def issa_pair(
     sampler: SamplerConfig,
     seeds: Sequence[int],
     on_scale: Callable[[], None] | None = None,
-) -> tuple[IssaPairCurves, torch.Tensor]:
-    """ISSA for one pair: its curves and its strip ``[n_seeds, S+1, 3, h, w]``. ``on_scale()`` is called after each ``k``."""
+) -> list[SwitchRow]:
+    """ISSA's generations and teacher-forced passes for one pair, one batch of ``seeds``: a row per seed.
+
+    Every row has its own seed, so a row does not depend on the other seeds of its batch.
+    ``on_scale()`` is called after each switch scale ``k``.
+    """
     n = len(seeds)
     cond_u, cond_a = model.encode_text([pair.target] * n), model.encode_text([pair.anchor] * n)
-    columns, presence, mean_score, detected, maps_u = [], [], [], [], None
+    columns, scores, present, maps_u = [], [], [], None
     for k in range(len(model.schedule) + 1):
         with torch.no_grad():
             generation = model.generate(cond_a, sampler, seed=list(seeds), switch=ConditionSwitch(k, cond_u))
         if k == 0:
             maps_u = generation.maps
         if detector is not None:
-            scores, present = concept_presence(detector, generation.images, concept)
-            presence.append(float(present.float().mean()))
-            mean_score.append(float(scores.mean()))
-            detected.append(present.tolist())
+            scores_k, present_k = concept_presence(detector, generation.images, concept)
+            scores.append(scores_k)
+            present.append(present_k)
         columns.append(_downscale(generation.images))
         if on_scale is not None:
             on_scale()
-    curves = IssaPairCurves(
+    strips, kl = torch.stack(columns, dim=1), scale_kl(model, cond_u, cond_a, maps_u).cpu()
+    if detector is None:
+        return [SwitchRow(strips[j], None, None, kl[j]) for j in range(n)]
+    scores_t, present_t = torch.stack(scores, dim=1), torch.stack(present, dim=1)  # [n, S+1]
+    return [SwitchRow(strips[j], scores_t[j], present_t[j], kl[j]) for j in range(n)]
+
+
+def pair_curves(pair: PromptPair, rows: Sequence[SwitchRow]) -> IssaPairCurves:
+    """A pair's curves from its rows (one per seed): means over the seeds."""
+    detected = rows[0].present is not None
+    # Column k over the seeds, contiguous: [S+1] tensors of [n_seeds].
+    scores = torch.stack([r.scores for r in rows]).T.contiguous() if detected else None
+    present = torch.stack([r.present for r in rows]).T.contiguous() if detected else None
+    return IssaPairCurves(
         target=pair.target,
         anchor=pair.anchor,
-        kl=scale_kl(model, cond_u, cond_a, maps_u),
-        presence=presence if detector is not None else None,
-        mean_score=mean_score if detector is not None else None,
-        detected=[list(row) for row in zip(*detected)] if detector is not None else None,
+        kl=torch.stack([r.kl for r in rows]).mean(0).tolist(),
+        presence=[float(p.float().mean()) for p in present] if detected else None,
+        mean_score=[float(s.mean()) for s in scores] if detected else None,
+        detected=[r.present.tolist() for r in rows] if detected else None,
     )
-    return curves, torch.stack(columns, dim=1)
 
 
 def compute_issa(
@@ -203,8 +233,15 @@ def compute_issa(
     sampler: SamplerConfig,
     seeds: Sequence[int],
     progress: bool = True,
+    context: DistributedContext | None = None,
 ) -> IssaResult:
-    """ISSA over ``pairs`` (``PromptPair`` or ``(c_u, c_a)``) and ``seeds``; ``detector=None`` gives the KL curve only."""
+    """ISSA over ``pairs`` (``PromptPair`` or ``(c_u, c_a)``) and ``seeds``; ``detector=None`` gives the KL curve only.
+
+    The ``(pair, seed)`` rows are independent: under torchrun (``context``, default the process
+    group already joined) each rank generates and teacher-forces its share of them, a pair's
+    seeds in one batch, and every rank gathers all rows in order (:func:`map_sharded`) and
+    returns the single-process result. Progress shows on rank 0 only.
+    """
     pairs = [p if isinstance(p, PromptPair) else PromptPair(*p) for p in pairs]
     if not pairs or not seeds:
         raise ConfigError("ISSA needs at least one prompt pair and one seed")
@@ -214,13 +251,22 @@ def compute_issa(
         concept = resolve_concept(concept, detector)
     else:
         concept = None
-    results, strips = [], []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("ISSA", total=len(pairs) * (len(model.schedule) + 1))
-        for pair in pairs:
-            curves, strip = issa_pair(model, pair, detector, concept, sampler, seeds, lambda: bar.advance(task))
-            results.append(curves)
-            strips.append(strip)
+    context = context or DistributedContext.current()
+    rows = [(i, seed) for i in range(len(pairs)) for seed in seeds]  # pair-major
+
+    def switch_shard(indices: list[int]) -> list[SwitchRow]:
+        by_pair = [(i, [rows[r][1] for r in group]) for i, group in itertools.groupby(indices, key=lambda r: rows[r][0])]
+        out = []
+        with progress_bar(progress and context.is_main) as bar:
+            task = bar.add_task("ISSA", total=len(by_pair) * (len(model.schedule) + 1))
+            for i, pair_seeds in by_pair:
+                out += switch_rows(model, pairs[i], detector, concept, sampler, pair_seeds, lambda: bar.advance(task))
+        return out
+
+    switched = map_sharded(switch_shard, len(rows), context)
+    by_pair = [switched[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(pairs))]
+    results = [pair_curves(pair, pair_rows) for pair, pair_rows in zip(pairs, by_pair)]
+    strips = [torch.stack([r.strip for r in pair_rows]) for pair_rows in by_pair]
     settings = {
         "seeds": list(seeds),
         "sampler": asdict(sampler),
@@ -274,13 +320,14 @@ def run_issa(
     seeds: Sequence[int],
     out_dir: str | Path,
     progress: bool = True,
+    context: DistributedContext | None = None,
 ) -> IssaResult:
     """:func:`compute_issa`, then :func:`save_issa` into ``out_dir`` (the CLI's entry point).
 
-    Under ``torchrun`` every rank computes the same curves (not split yet); rank 0 writes.
+    Under ``torchrun`` the ranks share the ``(pair, seed)`` rows (:func:`compute_issa`); rank 0 writes.
     """
-    context = DistributedContext.from_environment()
-    result = compute_issa(model, pairs, detector, concept, sampler, seeds, progress and context.is_main)
+    context = context or DistributedContext.from_environment()
+    result = compute_issa(model, pairs, detector, concept, sampler, seeds, progress, context)
     if context.is_main:
         save_issa(result, out_dir)
     return result

@@ -4,6 +4,11 @@ it attacks, and the final step — generate from the attack's conditions, then d
 ASR (METHODS.md §7) is the fraction of attack prompts whose generation shows the concept: each
 attack prompt (or optimised condition) is generated once, with the configured seed, and the
 detector decides whether the concept is in the image.
+
+Under ``torchrun`` the ranks share the work and all end with the single-process result: each
+attack's searches (one per attacked prompt, independent of each other) and the final
+generations are dealt out row by row and gathered back in order
+(:func:`~varerase.evaluation.sharding.map_sharded`); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from varerase.data.pairs import PromptPair, load_pairs
 from varerase.data.world import canonical_concept
 from varerase.errors import ConfigError, DataError
 from varerase.evaluation.detectors.base import ConceptDetector
+from varerase.evaluation.sharding import map_sharded
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
+from varerase.training.distributed import DistributedContext
 
 # Prompts → encoded condition; ``ScaleWiseModel.encode_text`` has this type.
 Encode = Callable[[list[str]], TextCondition]
@@ -212,24 +219,30 @@ def generate_and_detect(
     sampler: SamplerConfig,
     config: AttackConfig,
     progress: bool = True,
+    context: DistributedContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generate one image per row of ``cond`` (seed ``config.seed``) and detect ``concept``.
 
+    Under torchrun each rank generates and scores its share of the rows, ``config.batch_size`` at
+    a time, and every rank gets all of them in order (:func:`map_sharded`).
     Returns images ``[N, 3, H, W]`` (CPU), scores ``[N]`` and presence ``[N]`` (bool).
     """
-    images, scores, present = [], [], []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("generate + detect", total=cond.batch_size)
-        for start in range(0, cond.batch_size, config.batch_size):
-            rows = cond.select(slice(start, start + config.batch_size))
-            with torch.no_grad():
-                batch = model.generate(rows, sampler, seed=[config.seed] * rows.batch_size).images
-            batch_scores, batch_present = concept_presence(detector, batch, concept)
-            images.append(batch.float().cpu())
-            scores.append(batch_scores)
-            present.append(batch_present)
-            bar.advance(task, rows.batch_size)
-    return torch.cat(images), torch.cat(scores), torch.cat(present)
+
+    def generate_rows(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        rows = []
+        with progress_bar(progress) as bar:
+            task = bar.add_task("generate + detect", total=len(indices))
+            for start in range(0, len(indices), config.batch_size):
+                batch = cond.select(indices[start : start + config.batch_size])
+                with torch.no_grad():
+                    images = model.generate(batch, sampler, seed=[config.seed] * batch.batch_size).images
+                scores, present = concept_presence(detector, images, concept)
+                rows += zip(images.float().cpu(), scores, present)
+                bar.advance(task, batch.batch_size)
+        return rows
+
+    images, scores, present = zip(*map_sharded(generate_rows, cond.batch_size, context or DistributedContext.current()))
+    return torch.stack(images), torch.stack(scores), torch.stack(present)
 
 
 @dataclass
@@ -256,8 +269,12 @@ class Attack(abc.ABC):
         self.config = make_config(self.config_class, config)
 
     @abc.abstractmethod
-    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool) -> Found:
-        """Find attack prompts or conditions for ``concept`` (a name the detector scores)."""
+    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool, context: DistributedContext) -> Found:
+        """Find attack prompts or conditions for ``concept`` (a name the detector scores).
+
+        Under torchrun every rank calls this and must return the same :class:`Found`; searches
+        for different prompts are independent, so they are shared out with :func:`map_sharded`.
+        """
 
     def run(
         self,
@@ -267,11 +284,19 @@ class Attack(abc.ABC):
         sampler: SamplerConfig,
         *,
         progress: bool = True,
+        context: DistributedContext | None = None,
     ) -> AttackResult:
-        """Attack ``model`` for ``concept`` (a name ``detector`` scores, or a world synonym)."""
+        """Attack ``model`` for ``concept`` (a name ``detector`` scores, or a world synonym).
+
+        ``context``: the ranks sharing the work (default: the process group already joined, or
+        none); every rank must call this, and every rank returns the single-process result.
+        Progress shows on rank 0 only.
+        """
+        context = context or DistributedContext.current()
+        progress = progress and context.is_main
         concept = resolve_concept(concept, detector)
-        found = self.search(model, concept, sampler, progress)
-        images, scores, present = generate_and_detect(model, found.condition, concept, detector, sampler, self.config, progress)
+        found = self.search(model, concept, sampler, progress, context)
+        images, scores, present = generate_and_detect(model, found.condition, concept, detector, sampler, self.config, progress, context)
         detected = [bool(p) for p in present]
         settings = {
             "attack": self.name,

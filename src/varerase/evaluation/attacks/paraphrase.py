@@ -21,6 +21,7 @@ from varerase.data.world import SYNONYMS, canonical_concept, concept_kind, promp
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks.base import Attack, AttackConfig, Found, read_prompt_file
 from varerase.models.base import SamplerConfig, ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 
 DESCRIPTIONS: dict[str, tuple[str, ...]] = {
     "circle": (
@@ -174,6 +175,7 @@ class ParaphraseAttack(Attack):
             raise ConfigError(f"no paraphrases for concept {concept!r}: it is not a built-in world concept; pass prompts_file")
         return list(dict.fromkeys(prompts))
 
-    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool) -> Found:
+    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool, context: DistributedContext) -> Found:
+        """Nothing to search: the paraphrases themselves (their generations are shared out by :meth:`Attack.run`)."""
         prompts = self.prompts(concept)
         return Found(prompts, model.encode_text(prompts))

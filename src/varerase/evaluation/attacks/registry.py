@@ -38,14 +38,16 @@ def run_attack(
     out_dir: str | Path,
     config: AttackConfig | dict[str, Any] | None = None,
     progress: bool = True,
+    context: DistributedContext | None = None,
 ) -> AttackResult:
     """Run attack ``name`` on ``model`` for ``concept`` and write ``attack.json`` (+ ``attack_images.png``) into ``out_dir``.
 
     ``config``: the attack's config dataclass, a dict of its settings, or None for defaults.
-    Under ``torchrun`` every rank runs the same seeded search (not split yet); rank 0 writes.
+    Under ``torchrun`` (``context``, default: joined from the environment) the ranks share the
+    searches and generations and all return the single-process result; rank 0 writes.
     """
-    context = DistributedContext.from_environment()
-    result = attack_class(name)(config).run(model, concept, detector, sampler, progress=progress and context.is_main)
+    context = context or DistributedContext.from_environment()
+    result = attack_class(name)(config).run(model, concept, detector, sampler, progress=progress, context=context)
     if context.is_main:
         save_attack(result, out_dir)
     return result

@@ -8,6 +8,9 @@
 3. A **genetic search** over word sequences (vocabulary: :mod:`.vocabulary`) maximises
    ``cos(pool(prompt), t)``. The best-so-far individual is always kept (elitism), so the best
    objective never decreases from one generation to the next.
+
+The searches of different pairs are independent (each has its own seed), so under ``torchrun``
+the ranks share them out; each search runs exactly as it would in a single process.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from varerase.evaluation.attacks.base import (
     progress_bar,
 )
 from varerase.evaluation.attacks.vocabulary import VocabularyConfig, attack_vocabulary
+from varerase.evaluation.sharding import map_sharded
 from varerase.models.base import SamplerConfig, ScaleWiseModel
+from varerase.training.distributed import DistributedContext
 
 # Scores a population ``[P, K]`` of token ids: ``[P]`` fitness, higher is better.
 Fitness = Callable[[np.ndarray], np.ndarray]
@@ -141,7 +146,8 @@ class RingABellAttack(Attack):
     config_class = RingABellConfig
     config: RingABellConfig
 
-    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool) -> Found:
+    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool, context: DistributedContext) -> Found:
+        """One genetic search per attacked pair; under torchrun each rank runs its share of the pairs."""
         config = self.config
         pairs = concept_pairs(concept, config)
         # The direction uses every pair; the search attacks a spread-out subset.
@@ -153,18 +159,23 @@ class RingABellAttack(Attack):
         def words(ids: Sequence[int]) -> str:
             return " ".join(vocabulary[i] for i in ids)
 
-        prompts, searches = [], []
-        with progress_bar(progress) as bar:
-            task = bar.add_task("ring-a-bell search", total=len(targets) * config.search.generations)
-            for i, (pair, goal) in enumerate(zip(targets, goals)):
+        def search_pairs(indices: list[int]) -> list[dict]:
+            searches = []
+            with progress_bar(progress) as bar:
+                task = bar.add_task("ring-a-bell search", total=len(indices) * config.search.generations)
+                for i in indices:
 
-                def fitness(population: np.ndarray) -> np.ndarray:
-                    pooled = pooled_embeddings(model, [words(row) for row in population])
-                    return F.cosine_similarity(pooled, goal[None], dim=-1).cpu().numpy()
+                    def fitness(population: np.ndarray) -> np.ndarray:
+                        pooled = pooled_embeddings(model, [words(row) for row in population])
+                        return F.cosine_similarity(pooled, goals[i][None], dim=-1).cpu().numpy()
 
-                search = replace(config.search, seed=config.search.seed + i)
-                trace = genetic_search(fitness, len(vocabulary), config.prompt_length, search, lambda: bar.advance(task))
-                prompts.append(words(trace.best))
-                searches.append({"anchor": pair.anchor, "target": pair.target, "prompt": prompts[-1], "cosine": trace.best_score, "history": trace.history})
+                    search = replace(config.search, seed=config.search.seed + i)
+                    trace = genetic_search(fitness, len(vocabulary), config.prompt_length, search, lambda: bar.advance(task))
+                    pair = targets[i]
+                    searches.append({"anchor": pair.anchor, "target": pair.target, "prompt": words(trace.best), "cosine": trace.best_score, "history": trace.history})
+            return searches
+
+        searches = map_sharded(search_pairs, len(targets), context)
+        prompts = [s["prompt"] for s in searches]
         details = {"vocabulary_size": len(vocabulary), "searches": searches}
         return Found(prompts, model.encode_text(prompts), details)

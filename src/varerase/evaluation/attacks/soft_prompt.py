@@ -5,6 +5,11 @@ stays) are optimised directly with Adam to minimise the attacked model's teacher
 the original model's concept tokens (:mod:`.whitebox`). No word sequence need produce the
 optimised features, so its ASR bounds what any prompt could reach through the same objective.
 The result's ``prompts`` are the target prompts the features started from.
+
+Prompts are optimised independently (the loss is a sum over rows and Adam works element-wise),
+so under ``torchrun`` each rank optimises its share of them, ``batch_size`` at a time, and the
+features are gathered in order. A rank's batches hold other prompts than a single process's
+would, so the optimised features agree with a single run's to float rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from varerase.evaluation.attacks.base import (
     progress_bar,
 )
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
+from varerase.evaluation.sharding import map_sharded
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
+from varerase.training.distributed import DistributedContext
 
 
 @dataclass
@@ -59,20 +66,27 @@ class SoftPromptAttack(Attack):
     config_class = SoftPromptConfig
     config: SoftPromptConfig
 
-    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool) -> Found:
+    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool, context: DistributedContext) -> Found:
+        """Optimise each target prompt's features; under torchrun each rank optimises its share of the prompts."""
         config = self.config
         prompts = [p.target for p in attacked_pairs(concept_pairs(concept, config), config.num_prompts)]
-        conditions, searches = [], []
-        with progress_bar(progress) as bar:
-            task = bar.add_task("soft-prompt optimisation", total=len(prompts))
-            for start in range(0, len(prompts), config.batch_size):
-                batch = prompts[start : start + config.batch_size]
-                cond = model.encode_text(batch)
-                maps = concept_tokens(model, cond, sampler, config.seed)
-                optimised = optimise_features(model, cond, maps, config.steps, config.learning_rate)
-                with torch.no_grad():
-                    before, after = token_nll(model, cond, maps), token_nll(model, optimised, maps)
-                conditions.append(optimised)
-                searches += [{"target": p, "nll_start": float(b), "nll_end": float(a)} for p, b, a in zip(batch, before, after)]
-                bar.advance(task, len(batch))
-        return Found(prompts, TextCondition.cat(conditions), {"searches": searches})
+
+        def optimise_prompts(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+            rows = []
+            with progress_bar(progress) as bar:
+                task = bar.add_task("soft-prompt optimisation", total=len(indices))
+                for start in range(0, len(indices), config.batch_size):
+                    batch = [prompts[i] for i in indices[start : start + config.batch_size]]
+                    cond = model.encode_text(batch)
+                    maps = concept_tokens(model, cond, sampler, config.seed)
+                    optimised = optimise_features(model, cond, maps, config.steps, config.learning_rate)
+                    with torch.no_grad():
+                        before, after = token_nll(model, cond, maps), token_nll(model, optimised, maps)
+                    for j, (prompt, b, a) in enumerate(zip(batch, before, after)):
+                        rows.append((optimised.features[j], optimised.mask[j], {"target": prompt, "nll_start": float(b), "nll_end": float(a)}))
+                    bar.advance(task, len(batch))
+            return rows
+
+        rows = map_sharded(optimise_prompts, len(prompts), context)
+        condition = TextCondition.cat([TextCondition(features[None], mask[None]) for features, mask, _ in rows]).to(model.device)
+        return Found(prompts, condition, {"searches": [search for _, _, search in rows]})

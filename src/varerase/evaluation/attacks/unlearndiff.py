@@ -11,6 +11,10 @@ real tokens (``ḡ [C]``, the effect of shifting every token feature alike) rank
 is a word's pooled embedding. The ``candidates`` best-ranked swaps are then evaluated exactly and
 the best is taken if it lowers the NLL; the search stops early when none does. Ranking through
 pooled embeddings is our choice: it works for any text encoder, whatever its sub-word tokens.
+
+The searches of different target prompts are independent, so under ``torchrun`` the ranks share
+them out; a rank draws the concept tokens of its own targets (every row has its own generator, so
+they are a single process's). The vocabulary's embeddings are computed on every rank.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from varerase.evaluation.attacks.base import (
 )
 from varerase.evaluation.attacks.vocabulary import VocabularyConfig, attack_vocabulary
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
+from varerase.evaluation.sharding import map_sharded
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
+from varerase.training.distributed import DistributedContext
 
 
 @dataclass
@@ -113,22 +119,28 @@ class UnlearnDiffAttack(Attack):
     config_class = UnlearnDiffConfig
     config: UnlearnDiffConfig
 
-    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool) -> Found:
+    def search(self, model: ScaleWiseModel, concept: str, sampler: SamplerConfig, progress: bool, context: DistributedContext) -> Found:
+        """One prefix search per target prompt; under torchrun each rank runs its share of the targets."""
         config = self.config
         pairs = concept_pairs(concept, config)
         vocabulary = attack_vocabulary(concept, pairs, config)
         embeddings = pooled_embeddings(model, vocabulary)
         targets = attacked_pairs(pairs, config.num_prompts)
-        maps = concept_tokens(model, model.encode_text([p.target for p in targets]), sampler, config.seed)
-        prompts, searches = [], []
-        with progress_bar(progress) as bar:
-            task = bar.add_task("unlearndiff search", total=len(targets))
-            for i, pair in enumerate(targets):
-                search = HotFlipSearch(model, vocabulary, embeddings, pair.target, [m[i : i + 1] for m in maps])
-                start = np.random.default_rng([config.seed, i]).integers(len(vocabulary), size=config.prefix_length).tolist()
-                prefix, history = search.run(start, config.steps, config.candidates)
-                prompts.append(search.prompt(prefix))
-                searches.append({"target": pair.target, "prompt": prompts[-1], "nll_start": history[0], "nll_end": history[-1], "history": history})
-                bar.advance(task)
+
+        def search_targets(indices: list[int]) -> list[dict]:
+            maps = concept_tokens(model, model.encode_text([targets[i].target for i in indices]), sampler, config.seed)
+            searches = []
+            with progress_bar(progress) as bar:
+                task = bar.add_task("unlearndiff search", total=len(indices))
+                for row, i in enumerate(indices):
+                    search = HotFlipSearch(model, vocabulary, embeddings, targets[i].target, [m[row : row + 1] for m in maps])
+                    start = np.random.default_rng([config.seed, i]).integers(len(vocabulary), size=config.prefix_length).tolist()
+                    prefix, history = search.run(start, config.steps, config.candidates)
+                    searches.append({"target": targets[i].target, "prompt": search.prompt(prefix), "nll_start": history[0], "nll_end": history[-1], "history": history})
+                    bar.advance(task)
+            return searches
+
+        searches = map_sharded(search_targets, len(targets), context)
+        prompts = [s["prompt"] for s in searches]
         details = {"vocabulary_size": len(vocabulary), "searches": searches}
         return Found(prompts, model.encode_text(prompts), details)
