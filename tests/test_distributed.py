@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -131,6 +132,9 @@ def _erase_worker(rank: int, port: int, out: str, strategy: str) -> None:
         run_erasure(model, "s-vare", PAIRS, config, run_dir=f"{out}/cut", progress=False, parallel=parallel)
     except KeyboardInterrupt:
         pass
+    if rank == 0:  # a copy of the interrupted run for the test to resume in a single process
+        shutil.copytree(f"{out}/cut", f"{out}/cut_single")
+    DistributedContext.current().barrier()
     SVARE.step = original_step
     run_erasure(model, "s-vare", PAIRS, config, run_dir=f"{out}/cut", resume=True, progress=False, parallel=parallel)
     with open(f"{out}/rank{rank}.json", "w") as f:
@@ -163,6 +167,10 @@ def test_two_process_svare_equals_single_process_and_resumes(tmp_path, strategy)
     cut = load_file(tmp_path / "cut" / "edit.safetensors")
     assert all(torch.equal(full[k], cut[k]) for k in full)
     assert [r["step"] for r in read_log("cut")] == [1, 2, 3, 4]
+    # The saved state is whole (not per rank): one process resumes it and ends with the single-process edit.
+    run_erasure(_tiny_text_model(), "s-vare", PAIRS, method_config("s-vare", overrides=SETTINGS), run_dir=tmp_path / "cut_single", resume=True, progress=False)
+    resumed = load_file(tmp_path / "cut_single" / "edit.safetensors")
+    assert all(torch.allclose(resumed[k], reference[k], atol=1e-5, rtol=0) for k in reference)
 
     # The 3 anchors' teacher generations were shared out (2 + 1), each generated once.
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
