@@ -29,6 +29,13 @@ errors = Console(stderr=True, soft_wrap=True)  # never wrap: messages name files
 MODEL_HELP = "Model: 'tiny' (built in), 'infinity-2b', 'infinity-8b', or a folder written by save_pretrained."
 
 
+def _is_main_rank() -> bool:
+    """False on every torchrun rank but 0: the others stay silent (rank 0 prints the summary)."""
+    from varerase.training.distributed import DistributedContext
+
+    return DistributedContext.current().is_main
+
+
 def _model_options(checkpoint: Optional[str], vae: Optional[str], text_encoder: Optional[str], device: str, mixed_precision: Optional[str]) -> dict:
     return {"checkpoint": checkpoint, "vae": vae, "text_encoder": text_encoder, "device": device, "autocast_dtype": mixed_precision}
 
@@ -97,9 +104,7 @@ def erase(
         ).items() if v is not None}},
     )
     metrics = result.metrics
-    from varerase.training.distributed import DistributedContext
-
-    if not DistributedContext.current().is_main:
+    if not _is_main_rank():
         return
     console.print(f"[green]done[/green]: {metrics['steps']} steps in {metrics['wall_seconds']:.1f} s, "
                   f"{metrics['forward_tokens']:,} forward tokens → {out / 'edit.safetensors'}")
@@ -161,9 +166,7 @@ def evaluate(
         model, edit, concept, prompts, out, detector, clip_model, threshold, samples, max_per_group, batch_size, seed,
         model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision), cfg=cfg,
     )
-    from varerase.training.distributed import DistributedContext
-
-    if not DistributedContext.current().is_main:
+    if not _is_main_rank():
         return
     sections = [s for s in ("before", "after", "model") if s in metrics]
     table = Table(title="concept presence per prompt group")
@@ -197,13 +200,22 @@ def attack(
     out: Path = typer.Option(..., "--out", help="Folder for attack.json and images."),
     detector: str = typer.Option("world", "--detector", help="world, nudenet or clip."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
-    budget: list[str] = typer.Option([], "--set", help="Attack budget/setting as KEY=VALUE, e.g. --set num_prompts=16, --set steps=200 (soft-prompt), --set 'search={population: 128, generations: 100}' (ring-a-bell); repeatable."),
+    budget: list[str] = typer.Option([], "--set", help="Attack budget/setting as KEY=VALUE, e.g. --set num_prompts=16 (attacks that start from target prompts: ring-a-bell, unlearndiff, soft-prompt), --set steps=200 (soft-prompt), --set 'search={population: 128, generations: 100}' (ring-a-bell); repeatable."),
+    checkpoint: Optional[str] = CheckpointOpt,
+    vae: Optional[str] = VaeOpt,
+    text_encoder: Optional[str] = TextEncoderOpt,
     device: str = DeviceOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """Try to bring an erased concept back; reports the attack success rate (ASR) and the prompts found."""
     from varerase import api
 
-    result = api.attack(model, edit, attack_name, concept, out, detector, clip_model, config=parse_assignments(budget) or None, model_options={"device": device})
+    result = api.attack(
+        model, edit, attack_name, concept, out, detector, clip_model, config=parse_assignments(budget) or None,
+        model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
+    )
+    if not _is_main_rank():
+        return
     console.print(f"{attack_name}: ASR {result.asr:.0%} over {len(result.prompts)} prompts → {out}")
 
 
@@ -219,11 +231,18 @@ def analyze_issa(
     out: Path = typer.Option(..., "--out", help="Folder for issa.json, the plot and image strips."),
     seeds: int = typer.Option(8, "--seeds", help="Seeds per prompt pair."),
     pairs: int = typer.Option(6, "--pairs", help="Prompt pairs (evenly spaced over the concept's pairs)."),
+    checkpoint: Optional[str] = CheckpointOpt,
+    vae: Optional[str] = VaeOpt,
+    text_encoder: Optional[str] = TextEncoderOpt,
+    device: str = DeviceOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """ISSA: switch the prompt at each scale and see where the concept enters (METHODS.md §5)."""
     from varerase import api
 
-    result = api.issa(model, edit, concept, out, seeds, pairs)
+    result = api.issa(model, edit, concept, out, seeds, pairs, model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision))
+    if not _is_main_rank():
+        return
     table = Table(title=f"ISSA for '{concept}'")
     for column in ("switch scale k", "P(k)", "S_k", "KL(c_u‖c_a)"):
         table.add_column(column, justify="right")
@@ -248,6 +267,8 @@ def benchmark(
     from varerase.benchmark import markdown_table, run_benchmark
 
     rows = run_benchmark(resolve_model(model), concepts.split(","), methods.split(","), out, samples, max_per_group)
+    if not _is_main_rank():
+        return
     console.print(markdown_table(rows))
     console.print(f"results: {out / 'results.md'}, plot: {out / 'tradeoff.png'}")
 

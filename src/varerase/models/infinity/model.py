@@ -217,10 +217,6 @@ class InfinityModel(ScaleWiseModel):
         """See :meth:`ScaleWiseModel.set_activation_checkpointing`: checkpoints every transformer block."""
         self.transformer.activation_checkpointing = bool(enabled)
 
-    def state_dict_for_edit(self) -> dict[str, torch.Tensor]:
-        """Trainable weights only (the transformer): what edits change and save."""
-        return {f"transformer.{k}": v for k, v in self.transformer.state_dict().items()}
-
     # --- our own format -------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json``, ``transformer.safetensors`` and ``vae.safetensors`` (safetensors only)."""
