@@ -47,6 +47,46 @@ def test_sace_gate_moves_only_scale_zero_logits(tiny_model):
     torch.testing.assert_close(gen.logits[0], edited.first_scale_logits(cond), atol=1e-5, rtol=1e-5)
 
 
+def _scale_gated(model, groups, context):
+    edit = ParameterEdit(model, EditConfig(groups=groups, scope="scale0", start_context=context))
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.normal_(std=0.05, generator=torch.Generator().manual_seed(1))
+    return EditedModel(model, edit)
+
+
+def test_sace_adapted_context_lets_later_scales_attend_to_the_edited_start_position(tiny_model, tmp_path):
+    cond = random_condition(2)
+    maps = tiny_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
+    original = tiny_model.teacher_forced_logits(cond, maps)
+    strict = _scale_gated(tiny_model, ["cross_attn", "ffn", "start_token"], "original")
+    adapted = _scale_gated(tiny_model, ["cross_attn", "ffn", "start_token"], "adapted")
+    logits = adapted.teacher_forced_logits(cond, maps)
+    torch.testing.assert_close(logits[:, :1], strict.teacher_forced_logits(cond, maps)[:, :1], atol=1e-6, rtol=0)
+    assert (logits[:, 1:] - original[:, 1:]).abs().max() > 1e-3  # later scales see the edited start position
+    # Sampling agrees with teacher forcing on its own maps (KV-cached path vs. one block-causal pass).
+    gen = adapted.generate(cond, SamplerConfig(cfg=1.0), seed=3, decode=False)
+    torch.testing.assert_close(gen.all_logits(), adapted.teacher_forced_logits(cond, gen.maps), atol=2e-5, rtol=1e-4)
+    # An edit of the head leaves every start-position key/value alone: later scales are the original's.
+    head_only = _scale_gated(tiny_model, ["head"], "adapted").teacher_forced_logits(cond, maps)
+    torch.testing.assert_close(head_only[:, 1:], original[:, 1:], atol=1e-6, rtol=0)
+    # The choice travels with the saved edit.
+    adapted.edit.save(tmp_path / "edit.safetensors", tiny_model)
+    assert load_edit(tiny_model, tmp_path).edit.config.start_context == "adapted"
+    assert strict.fingerprint() != adapted.fingerprint()
+
+
+def test_adapted_context_needs_a_scale_gated_edit_and_sace_passes_it_on(tiny_text_model):
+    from varerase.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scale-gated"):
+        EditConfig(groups=["ffn"], scope="all", start_context="adapted")
+    with pytest.raises(ConfigError, match="context"):
+        method_config("sace", overrides={"context": "blended"})
+    eraser = eraser_class("sace")(tiny_text_model, PAIRS, method_config("sace", overrides={"context": "adapted"}), RETAIN, progress=False)
+    assert eraser.edited.edit.config.start_context == "adapted"
+
+
 def test_scope_all_edit_changes_later_scales_too(tiny_model):
     edit = ParameterEdit(tiny_model, EditConfig(groups=["ffn"]))
     with torch.no_grad():

@@ -100,9 +100,13 @@ class Eraser(abc.ABC):
         self.cache_dir = cache_dir
         self.progress = progress
         self.context = context or DistributedContext()
-        self.edit = ParameterEdit(model, EditConfig(config.groups, config.lora_rank, config.lora_alpha, self.edit_scope))
+        self.edit = ParameterEdit(model, self.edit_config())
         self.edited = EditedModel(model, self.edit)
         self.forward_tokens = 0  # token positions pushed through the transformer by training steps
+
+    def edit_config(self) -> EditConfig:
+        """What this method's edit changes (groups, LoRA, scope), from :attr:`config`."""
+        return EditConfig(self.config.groups, self.config.lora_rank, self.config.lora_alpha, self.edit_scope)
 
     def prepare(self) -> None:
         """One-time work before training (teacher caches, frozen targets)."""

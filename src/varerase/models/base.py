@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -135,9 +135,22 @@ class ConditionSwitch:
     condition: TextCondition
 
 
-# Replaces the scale-0 logits of each branch (SACE's scale-gated adapter). Takes the batched
-# condition ([cond; uncond] when CFG is on) and returns raw logits ``[B', 1, …]``.
-FirstScaleOverride = Callable[[TextCondition], torch.Tensor]
+@dataclass
+class StartStep:
+    """A model's scale-0 step, standing in for another model's (SACE's scale-gated adapter, METHODS.md §4).
+
+    ``logits``: raw scale-0 logits ``[B, 1, d, 2]`` or ``[B, 1, V]``. ``context``: what later
+    scales attend to at the start position, in the receiving model's own format (Infinity: every
+    block's keys/values); None = the receiving model computes it with its own weights
+    (``context=original``), so only the first token map's distribution changes.
+    """
+
+    logits: torch.Tensor
+    context: Any = None
+
+
+# Supplies the scale-0 step of each branch. Takes the batched condition ([cond; uncond] when CFG is on).
+StartOverride = Callable[[TextCondition], StartStep]
 
 
 class ScaleWiseModel(nn.Module, abc.ABC):
@@ -185,15 +198,27 @@ class ScaleWiseModel(nn.Module, abc.ABC):
 
     # --- forward passes -----------------------------------------------------------------------
     @abc.abstractmethod
-    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], start: StartStep | None = None) -> torch.Tensor:
         """Logits of all ``L`` positions given ground-truth ``maps`` as context (one pass, block-causal).
 
         ``maps``: one tensor per scale (see module doc). Returns ``[B, L, d, 2]`` or ``[B, L, V]``.
+        ``start`` (another model's :meth:`start_step`) replaces position 0's logits and, where it
+        carries a ``context``, what later positions attend to at position 0.
         """
 
     @abc.abstractmethod
     def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
         """Scale-0 logits from the text alone (a one-position pass): ``[B, 1, d, 2]`` or ``[B, 1, V]``."""
+
+    def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
+        """The scale-0 step for ``cond``: its logits and, with ``with_context``, what later scales attend to.
+
+        This default has no context to give: a model family that can hand its start position's
+        keys/values to a twin overrides it.
+        """
+        if with_context:
+            raise ConfigError(f"{type(self).__name__} cannot hand its scale-0 context to another model (context=adapted)")
+        return StartStep(self.first_scale_logits(cond))
 
     @abc.abstractmethod
     def generate(
@@ -203,15 +228,16 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
-        first_scale_override: FirstScaleOverride | None = None,
+        start_override: StartOverride | None = None,
         decode: bool = True,
     ) -> Generation:
         """KV-cached sampling of all scales (see :class:`Generation`).
 
         ``seed`` fixes the sampling noise (same seed, same condition → same maps on one machine);
         a list gives each row its own seed, making a row's sample independent of its batch.
-        ``switch`` changes the condition from a given scale on; ``first_scale_override`` supplies
-        the scale-0 logits of each branch while everything cached comes from the model itself.
+        ``switch`` changes the condition from a given scale on; ``start_override`` supplies the
+        scale-0 step of each branch (:class:`StartStep`): its logits, and the start position's
+        context where it carries one; everything else comes from the model itself.
         """
 
     @abc.abstractmethod

@@ -7,8 +7,9 @@ is always the base model itself, and an edit can be *scoped*:
 
 * ``"all"`` — the edited weights are used everywhere (VARE, S-VARE, baselines);
 * ``"scale0"`` — SACE's scale-gated adapter: the edited weights produce only the scale-0 logits;
-  every position of scales ≥ 1, and the start position's cached keys/values, come from the
-  original weights (METHODS.md §4, ``context=original``; the ``adapted`` variant is not built).
+  every position of scales ≥ 1, and (``start_context="original"``) the start position's cached
+  keys/values, come from the original weights (METHODS.md §4); ``start_context="adapted"`` lets
+  later scales attend to the start position as the edited weights computed it.
 
 Edits are applied with :func:`torch.func.functional_call`, so a method's loss differentiates
 through the model without touching its parameters. The overrides ``W + Δ`` come from calling the
@@ -32,15 +33,17 @@ from varerase.errors import CheckpointError, ConfigError
 from varerase.io import atomic_save_safetensors
 from varerase.models.base import (
     ConditionSwitch,
-    FirstScaleOverride,
     Generation,
     SamplerConfig,
     ScaleWiseModel,
+    StartOverride,
+    StartStep,
     TextCondition,
     module_group_parameters,
 )
 
 EditScope = Literal["all", "scale0"]
+StartContext = Literal["original", "adapted"]
 
 
 @dataclass
@@ -51,6 +54,7 @@ class EditConfig:
     lora_rank: int = 0  # 0 = full deltas
     lora_alpha: float | None = None  # None = rank (scaling 1)
     scope: EditScope = "all"
+    start_context: StartContext = "original"  # scope scale0: whose keys/values later scales see at the start position
 
     def __post_init__(self) -> None:
         self.groups = list(self.groups)
@@ -58,6 +62,10 @@ class EditConfig:
             raise ConfigError(f"lora_rank must be ≥ 0, got {self.lora_rank}")
         if self.scope not in ("all", "scale0"):
             raise ConfigError(f"scope must be 'all' or 'scale0', got {self.scope!r}")
+        if self.start_context not in ("original", "adapted"):
+            raise ConfigError(f"start context must be 'original' or 'adapted', got {self.start_context!r}")
+        if self.start_context == "adapted" and self.scope != "scale0":
+            raise ConfigError("start_context='adapted' applies to scale-gated edits (scope 'scale0') only")
 
 
 def _key(name: str) -> str:
@@ -170,7 +178,7 @@ class ParameterEdit(nn.Module):
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
         """Write ``edit.safetensors``: merged changed weights (full) or LoRA factors with peft's key names."""
-        metadata = {"format": "varerase-edit", "scope": self.config.scope, "groups": ",".join(self.config.groups)}
+        metadata = {"format": "varerase-edit", "scope": self.config.scope, "start_context": self.config.start_context, "groups": ",".join(self.config.groups)}
         if self.config.lora_rank == 0:
             tensors = self.changed_weights(model)
             metadata["kind"] = "weights"
@@ -221,6 +229,7 @@ def load_edit(model: ScaleWiseModel, path: str | Path) -> "EditedModel":
         lora_rank=int(metadata.get("rank", 0)) if kind == "lora" else 0,
         lora_alpha=float(metadata["alpha"]) if kind == "lora" else None,
         scope=metadata.get("scope", "all"),
+        start_context=metadata.get("start_context", "original"),
     )
     edit = ParameterEdit(model, config)
     if kind == "weights":
@@ -309,11 +318,17 @@ class EditedModel(ScaleWiseModel):
     def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
         return self._call("first_scale_logits", cond)
 
-    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
+        return self._call("start_step", cond, with_context)
+
+    def _gated_start(self, cond: TextCondition) -> StartStep:
+        """Scope ``scale0``: the edited scale-0 step, with the start position's context when ``start_context`` is adapted."""
+        return self.start_step(cond, with_context=self.edit.config.start_context == "adapted")
+
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], start: StartStep | None = None) -> torch.Tensor:
         if self.scope == "all":
-            return self._call("teacher_forced_logits", cond, maps)
-        original = self.base.teacher_forced_logits(cond, maps)
-        return torch.cat([self.first_scale_logits(cond), original[:, 1:]], dim=1)
+            return self._call("teacher_forced_logits", cond, maps, start)
+        return self.base.teacher_forced_logits(cond, maps, start or self._gated_start(cond))
 
     def generate(
         self,
@@ -322,13 +337,12 @@ class EditedModel(ScaleWiseModel):
         seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
-        first_scale_override: FirstScaleOverride | None = None,
+        start_override: StartOverride | None = None,
         decode: bool = True,
     ) -> Generation:
         if self.scope == "all":
-            return self._call("generate", cond, sampler, seed, switch=switch, first_scale_override=first_scale_override, decode=decode)
-        override = first_scale_override or self.first_scale_logits
-        return self.base.generate(cond, sampler, seed, switch=switch, first_scale_override=override, decode=decode)
+            return self._call("generate", cond, sampler, seed, switch=switch, start_override=start_override, decode=decode)
+        return self.base.generate(cond, sampler, seed, switch=switch, start_override=start_override or self._gated_start, decode=decode)
 
     def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.base.decode(maps)
@@ -350,4 +364,6 @@ class EditedModel(ScaleWiseModel):
             h.update(name.encode())
             h.update(self.edit.delta(name).detach().float().cpu().numpy().tobytes())
         h.update(self.scope.encode())
+        if self.edit.config.start_context == "adapted":
+            h.update(b":adapted")
         return h.hexdigest()[:16]

@@ -19,10 +19,11 @@ from varerase.config import dataclass_from_dict
 from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.base import (
     ConditionSwitch,
-    FirstScaleOverride,
     Generation,
     SamplerConfig,
     ScaleWiseModel,
+    StartOverride,
+    StartStep,
     TextCondition,
 )
 from varerase.models.infinity.bsq import CodeAccumulator, unpatchify_bits
@@ -106,19 +107,35 @@ class InfinityModel(ScaleWiseModel):
         with self._autocast():
             return self.transformer.prepare_condition(cond.to(self.device))
 
-    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], start: StartStep | None = None) -> torch.Tensor:
         """See :meth:`ScaleWiseModel.teacher_forced_logits`; returns ``[B, L, d, 2]`` float32."""
         if len(maps) != len(self.schedule):
             raise ValueError(f"got {len(maps)} maps for a {len(self.schedule)}-scale schedule")
+        maps = [m.to(self.device) for m in maps]
         with self._autocast():
             prepared = self.transformer.prepare_condition(cond.to(self.device))
-            return self.transformer.teacher_forced_logits(prepared, [m.to(self.device) for m in maps]).float()
+            if start is None:
+                return self.transformer.teacher_forced_logits(prepared, maps).float()
+            if start.context is None:
+                later = self.transformer.teacher_forced_logits(prepared, maps)[:, 1:]
+            else:
+                later = self.transformer.logits_after_start(prepared, maps, start.context)
+        return torch.cat([start.logits.float(), later.float()], dim=1)
 
     def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
         """See :meth:`ScaleWiseModel.first_scale_logits`; returns ``[B, 1, d, 2]`` float32."""
         with self._autocast():
             prepared = self.transformer.prepare_condition(cond.to(self.device))
             return self.transformer.first_scale_logits(prepared).float()
+
+    def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
+        """See :meth:`ScaleWiseModel.start_step`; the context is every block's start-position keys/values."""
+        with self._autocast():
+            prepared = self.transformer.prepare_condition(cond.to(self.device))
+            if not with_context:
+                return StartStep(self.transformer.first_scale_logits(prepared).float())
+            logits, caches = self.transformer.start_step(prepared)
+        return StartStep(logits.float(), caches)
 
     @torch.no_grad()
     def generate(
@@ -128,7 +145,7 @@ class InfinityModel(ScaleWiseModel):
         seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
-        first_scale_override: FirstScaleOverride | None = None,
+        start_override: StartOverride | None = None,
         decode: bool = True,
     ) -> Generation:
         """KV-cached sampling (see :meth:`ScaleWiseModel.generate`).
@@ -163,9 +180,13 @@ class InfinityModel(ScaleWiseModel):
                 condition = prepared[active]
                 if k == 0:
                     x = self.transformer.start_embedding(condition)
-                raw = self.transformer.scale_step(x, condition, k, caches).float()
-                if k == 0 and first_scale_override is not None:
-                    raw = first_scale_override(branch_conditions[active]).float()
+                start = start_override(branch_conditions[active]) if k == 0 and start_override is not None else None
+                if start is not None and start.context is not None:
+                    caches[:] = start.context  # later scales attend to the start position as the override computed it
+                else:
+                    raw = self.transformer.scale_step(x, condition, k, caches).float()
+                if start is not None:
+                    raw = start.logits.float()
                 combined = cfg_combine(raw[:B], raw[B:], cfgs[k]) if guided else raw
                 logits_per_scale.append(combined)
                 bits = sample_rows(combined, temps[k], sampler.top_k, sampler.top_p, generators)

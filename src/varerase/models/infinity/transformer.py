@@ -402,6 +402,23 @@ class InfinityTransformer(nn.Module):
         hidden = self.run_blocks(x, prepared, slice(0, L), self.attn_mask)
         return self.logits(hidden, prepared)
 
+    def logits_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], start_context: KVCache) -> torch.Tensor:
+        """Teacher-forced logits of positions ``1…L−1`` ``[B, L−1, d, 2]``, attending at position 0 to ``start_context``.
+
+        ``start_context``: every block's keys/values of the start position, as :meth:`start_step`
+        returns them, possibly computed with other weights (SACE's ``context=adapted``).
+        """
+        L = self.offsets[-1]
+        inputs = teacher_forcing_inputs(maps, self.config.schedule, self.config.patchify).to(prepared.pooled.dtype)
+        x = self.word_embed(inputs) + self.lvl_embed(self.levels[1:])
+        hidden = self.run_blocks(x, prepared, slice(1, L), self.attn_mask[1:], list(start_context))
+        return self.logits(hidden, prepared)
+
+    def start_step(self, prepared: PreparedCondition) -> tuple[torch.Tensor, KVCache]:
+        """Scale-0 logits ``[B, 1, d, 2]`` and every block's keys/values of the start position (what later scales attend to)."""
+        caches: KVCache = [None] * len(self.blocks)
+        return self.scale_step(self.start_embedding(prepared), prepared, 0, caches), caches
+
     def first_scale_logits(self, prepared: PreparedCondition) -> torch.Tensor:
         """Scale-0 logits from the text alone, one position: ``[B, 1, d, 2]``."""
         hidden = self.run_blocks(self.start_embedding(prepared), prepared, slice(0, 1), None)
