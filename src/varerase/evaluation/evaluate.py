@@ -186,17 +186,20 @@ def _distances(distances: FeatureDistances) -> dict:
 
 
 @torch.no_grad()
-def generate_sharded(model: ScaleWiseModel, prompts: list[str], sampler: SamplerConfig, seeds: list[int], context: DistributedContext) -> torch.Tensor | None:
-    """Images ``[B, 3, H, W]`` for ``prompts``/``seeds`` (None without a decoder): under torchrun each
-    rank draws its share of the rows and all ranks gather them back in order (:func:`map_sharded`).
-    Every row has its own seed, so the images are those of a single process."""
+def generate_batches_sharded(model: ScaleWiseModel, batches: Sequence[tuple[list[str], list[int]]], sampler: SamplerConfig, context: DistributedContext) -> list[torch.Tensor | None]:
+    """Images ``[B, 3, H, W]`` of each ``(prompts, seeds)`` batch (None without a decoder).
 
-    def draw(rows: list[int]) -> list[torch.Tensor | None]:
-        images = model.generate(model.encode_text([prompts[i] for i in rows]), sampler, seed=[seeds[i] for i in rows]).images
-        return [None] * len(rows) if images is None else list(images)
+    Under torchrun each rank draws whole batches (rank r: batches r, r+N, …, :func:`map_sharded`)
+    and every rank gets all of them in order. A batch is generated exactly as one process would
+    generate it (same rows, same batch shape), so the images are bit for bit a single process's
+    on the same hardware; splitting rows instead would change batch shapes and, with them, the
+    last bits of the pixels (enough to move FID/KID on few images).
+    """
 
-    images = map_sharded(draw, len(prompts), context)
-    return None if any(image is None for image in images) else torch.stack(images)
+    def draw(indices: list[int]) -> list[torch.Tensor | None]:
+        return [model.generate(model.encode_text(batches[i][0]), sampler, seed=batches[i][1]).images for i in indices]
+
+    return map_sharded(draw, len(batches), context)
 
 
 def evaluate(
@@ -218,8 +221,8 @@ def evaluate(
     ``metrics.json`` dict (layout in the module docstring).
 
     ``concepts``: the detector concepts whose presence is measured (ConfigError for unknown ones).
-    Under ``torchrun`` the ranks share the generation (:func:`generate_sharded`) and rank 0 writes;
-    the result is the single-process one.
+    Under ``torchrun`` the ranks share the generation batch by batch
+    (:func:`generate_batches_sharded`) and rank 0 writes; the result is the single-process one.
     """
     unknown = [c for c in concepts if c not in detector.concepts]
     if unknown or not concepts:
@@ -249,19 +252,23 @@ def evaluate(
         for group, rows in rows_by_group.items():
             results = {name: _GroupResults(concepts, max_grid_images) for name in models}
             distances = FeatureDistances(detector, KID_SUBSETS, KID_SUBSET_SIZE, seed=base_seed)
-            for start in range(0, len(rows), batch_size):
-                prompts = [p for p, _ in rows[start : start + batch_size]]
-                seeds = [s for _, s in rows[start : start + batch_size]]
+            batches = [([p for p, _ in rows[i : i + batch_size]], [s for _, s in rows[i : i + batch_size]]) for i in range(0, len(rows), batch_size)]
+            # One round = one batch per rank; scored in the single-process order (batch by batch, model by model).
+            for first in range(0, len(batches), context.world_size):
+                round_batches = batches[first : first + context.world_size]
+                drawn = {}
                 for name, m in models.items():
                     bar.update(task, description=f"{group} ({name})")
-                    images = generate_sharded(m, prompts, sampler, seeds, context)
-                    if images is None:
+                    drawn[name] = generate_batches_sharded(m, round_batches, sampler, context)
+                    if any(images is None for images in drawn[name]):
                         raise ConfigError(f"the {name} model returned no images; it needs a decoder to be evaluated")
-                    features = results[name].add(detector, images, prompts, seeds)
-                    if compare and features is not None:
-                        for d in (distances, overall):
-                            d.update_features(features, real=name == "before")
-                    bar.advance(task, len(prompts))
+                for index, (prompts, seeds) in enumerate(round_batches):
+                    for name in models:
+                        features = results[name].add(detector, drawn[name][index], prompts, seeds)
+                        if compare and features is not None:
+                            for d in (distances, overall):
+                                d.update_features(features, real=name == "before")
+                        bar.advance(task, len(prompts))
             for name, result in results.items():
                 grid = None
                 if result.thumbnails:

@@ -168,11 +168,14 @@ class FeatureDistances:
         if len(real) < 2 or len(fake) < 2:
             raise ValueError(f"FID/KID need at least 2 images per side, got {len(real)} reference and {len(fake)} generated")
         dim = real.shape[1]
-        fid = FrechetInceptionDistance(feature=_Identity(dim), normalize=True)
+        # sync_on_compute=False: under torchrun every rank already holds every feature; torchmetrics
+        # would otherwise gather them from all ranks again and count each image N times.
+        fid = FrechetInceptionDistance(feature=_Identity(dim), normalize=True, sync_on_compute=False)
         with warnings.catch_warnings():  # "will save all extracted features": they are already in memory
             warnings.simplefilter("ignore", UserWarning)
             kid = KernelInceptionDistance(
-                feature=_Identity(dim), subsets=self.kid_subsets, subset_size=min(self.kid_subset_size, len(real), len(fake)), normalize=True
+                feature=_Identity(dim), subsets=self.kid_subsets, subset_size=min(self.kid_subset_size, len(real), len(fake)),
+                normalize=True, sync_on_compute=False,
             )
         for metric in (fid, kid):
             metric.update(real, real=True)
