@@ -19,7 +19,8 @@ from varerase.evaluation.sharding import map_sharded
 from varerase.training.distributed import DistributedContext
 
 # Three attacked prompts: strided over 2 ranks (0, 2 | 1), a result gathered out of order shows.
-ATTACK_CONFIGS = {name: config | ({"num_prompts": 3} if "num_prompts" in config else {}) for name, config in SMALL_CONFIGS.items()}
+# Final images in batches of 2: whole batches are dealt out, so both ranks get some.
+ATTACK_CONFIGS = {name: config | {"batch_size": 2} | ({"num_prompts": 3} if "num_prompts" in config else {}) for name, config in SMALL_CONFIGS.items()}
 ISSA_PAIRS = [PAIR, ("a blue disc", "a blue star")]
 ISSA_SEEDS = [0, 1, 2]
 

@@ -223,25 +223,28 @@ def generate_and_detect(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generate one image per row of ``cond`` (seed ``config.seed``) and detect ``concept``.
 
-    Under torchrun each rank generates and scores its share of the rows, ``config.batch_size`` at
-    a time, and every rank gets all of them in order (:func:`map_sharded`).
+    Under torchrun each rank generates and scores whole batches of ``config.batch_size`` rows
+    (the single-process batches, so the images are bit for bit a single process's), and every rank
+    gets all rows in order (:func:`map_sharded`).
     Returns images ``[N, 3, H, W]`` (CPU), scores ``[N]`` and presence ``[N]`` (bool).
     """
+    batches = [list(range(start, min(start + config.batch_size, cond.batch_size))) for start in range(0, cond.batch_size, config.batch_size)]
 
-    def generate_rows(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        rows = []
+    def generate_batches(indices: list[int]) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        done = []
         with progress_bar(progress) as bar:
-            task = bar.add_task("generate + detect", total=len(indices))
-            for start in range(0, len(indices), config.batch_size):
-                batch = cond.select(indices[start : start + config.batch_size])
+            task = bar.add_task("generate + detect", total=sum(len(batches[i]) for i in indices))
+            for i in indices:
+                batch = cond.select(batches[i])
                 with torch.no_grad():
                     images = model.generate(batch, sampler, seed=[config.seed] * batch.batch_size).images
                 scores, present = concept_presence(detector, images, concept)
-                rows += zip(images.float().cpu(), scores, present)
+                done.append(list(zip(images.float().cpu(), scores, present)))
                 bar.advance(task, batch.batch_size)
-        return rows
+        return done
 
-    images, scores, present = zip(*map_sharded(generate_rows, cond.batch_size, context or DistributedContext.current()))
+    shares = map_sharded(generate_batches, len(batches), context or DistributedContext.current())
+    images, scores, present = zip(*(row for batch in shares for row in batch))
     return torch.stack(images), torch.stack(scores), torch.stack(present)
 
 
