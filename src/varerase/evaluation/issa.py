@@ -13,14 +13,14 @@ Detector-free: per scale ``k``, the mean per-unit ``KL(p(·|c_u, r) ‖ p(·|c_a
 conditional (no CFG) teacher-forced logits, over the positions of scale ``k``, with ``r`` the
 ``c_u`` generations (``x_0``'s maps). Works on any :class:`ScaleWiseModel`, an ``EditedModel`` too.
 
-Every ``(pair, seed)`` row is generated with its own seed, so under ``torchrun`` the ranks share
-the rows out and gather them back in order: the curves are a single process's.
+Every ``(pair, seed)`` row is generated with its own seed and a pair's seeds form one batch, so
+under ``torchrun`` the ranks share whole pairs out and gather them back in order: the curves are
+a single process's, bit for bit.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -237,10 +237,10 @@ def compute_issa(
 ) -> IssaResult:
     """ISSA over ``pairs`` (``PromptPair`` or ``(c_u, c_a)``) and ``seeds``; ``detector=None`` gives the KL curve only.
 
-    The ``(pair, seed)`` rows are independent: under torchrun (``context``, default the process
-    group already joined) each rank generates and teacher-forces its share of them, a pair's
-    seeds in one batch, and every rank gathers all rows in order (:func:`map_sharded`) and
-    returns the single-process result. Progress shows on rank 0 only.
+    Pairs are independent: under torchrun (``context``, default the process group already
+    joined) each rank generates and teacher-forces whole pairs, all seeds of a pair in one batch
+    as a single process does, and every rank gathers all pairs in order (:func:`map_sharded`),
+    so it returns the single-process result bit for bit. Progress shows on rank 0 only.
     """
     pairs = [p if isinstance(p, PromptPair) else PromptPair(*p) for p in pairs]
     if not pairs or not seeds:
@@ -252,19 +252,16 @@ def compute_issa(
     else:
         concept = None
     context = context or DistributedContext.current()
-    rows = [(i, seed) for i in range(len(pairs)) for seed in seeds]  # pair-major
 
-    def switch_shard(indices: list[int]) -> list[SwitchRow]:
-        by_pair = [(i, [rows[r][1] for r in group]) for i, group in itertools.groupby(indices, key=lambda r: rows[r][0])]
+    def switch_pairs(indices: list[int]) -> list[list[SwitchRow]]:
         out = []
         with progress_bar(progress and context.is_main) as bar:
-            task = bar.add_task("ISSA", total=len(by_pair) * (len(model.schedule) + 1))
-            for i, pair_seeds in by_pair:
-                out += switch_rows(model, pairs[i], detector, concept, sampler, pair_seeds, lambda: bar.advance(task))
+            task = bar.add_task("ISSA", total=len(indices) * (len(model.schedule) + 1))
+            for i in indices:
+                out.append(switch_rows(model, pairs[i], detector, concept, sampler, list(seeds), lambda: bar.advance(task)))
         return out
 
-    switched = map_sharded(switch_shard, len(rows), context)
-    by_pair = [switched[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(pairs))]
+    by_pair = map_sharded(switch_pairs, len(pairs), context)
     results = [pair_curves(pair, pair_rows) for pair, pair_rows in zip(pairs, by_pair)]
     strips = [torch.stack([r.strip for r in pair_rows]) for pair_rows in by_pair]
     settings = {
