@@ -109,6 +109,7 @@ def _erase_worker(rank: int, port: int, out: str, strategy: str) -> None:
 
     TeacherCache.fill = counting_fill
     model = _tiny_text_model()
+    model.set_activation_checkpointing(strategy == "fsdp")  # the large-model setting: both together
     config = method_config("s-vare", overrides=SETTINGS)
     parallel = ParallelConfig(strategy)
     original_step = SVARE.step
