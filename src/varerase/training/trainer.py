@@ -148,10 +148,16 @@ class Trainer:
 
         progress = json.loads((self.state_dir / "progress.json").read_text())
         saved = torch.load(self.state_dir / "optimizer.pt", map_location="cpu", weights_only=True)
-        set_state_dict(
-            self.module, self.optimizer, model_state_dict=load_file(self.state_dir / "module.safetensors"),
-            optim_state_dict=saved["optimizer"], options=StateDictOptions(full_state_dict=True, strict=True),
-        )
+        try:
+            set_state_dict(
+                self.module, self.optimizer, model_state_dict=load_file(self.state_dir / "module.safetensors"),
+                optim_state_dict=saved["optimizer"], options=StateDictOptions(full_state_dict=True, strict=True),
+            )
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise ConfigError(
+                f"the resumable state in {self.state_dir} does not fit this run's edit (another method setting "
+                f"or varerase version?): {str(error).splitlines()[0]}; start a new --out"
+            ) from error
         torch.set_rng_state(saved["torch_rng"])
         self.step = int(progress["step"])
         self.history = list(progress["history"])
