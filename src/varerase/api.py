@@ -220,7 +220,7 @@ def issa(
 ):
     """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``.
 
-    Under ``torchrun`` the ranks share the ``(pair, seed)`` rows (each loads the model onto its own GPU); rank 0 writes.
+    Under ``torchrun`` the ranks share the pairs out (each loads the model onto its own GPU); rank 0 writes.
     """
     from varerase.evaluation.detectors.registry import load_detector
     from varerase.evaluation.issa import run_issa

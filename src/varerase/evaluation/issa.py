@@ -321,7 +321,7 @@ def run_issa(
 ) -> IssaResult:
     """:func:`compute_issa`, then :func:`save_issa` into ``out_dir`` (the CLI's entry point).
 
-    Under ``torchrun`` the ranks share the ``(pair, seed)`` rows (:func:`compute_issa`); rank 0 writes.
+    Under ``torchrun`` the ranks share the pairs out (:func:`compute_issa`); rank 0 writes.
     """
     context = context or DistributedContext.from_environment()
     result = compute_issa(model, pairs, detector, concept, sampler, seeds, progress, context)

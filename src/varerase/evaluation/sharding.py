@@ -1,11 +1,10 @@
-"""Row-wise work shared over torchrun ranks and gathered back in order.
+"""Independent units of work shared over torchrun ranks and gathered back in order.
 
-Evaluation, the attacks and ISSA all do the same thing many times over independent rows
-(a ``(prompt, seed)`` to generate, a target prompt to search an attack for, a ``(pair, seed)``
-to switch): :func:`map_sharded` hands each rank its rows (:meth:`DistributedContext.shard`) and
-gives every rank all the results, in row order. A row's result must not depend on which other
-rows share its batch (per-row seeds make generation so), so a run over N ranks gives the
-single-process result.
+Evaluation, the attacks and ISSA all do the same thing many times over independent units (a
+generation batch, a target prompt to search an attack for, an ISSA pair): :func:`map_sharded`
+hands each rank its units (:meth:`DistributedContext.shard`) and gives every rank all the
+results, in order. Where a unit is a whole single-process batch, a run over N ranks gives the
+single-process result bit for bit.
 """
 
 from __future__ import annotations

@@ -239,10 +239,11 @@ def load_edit(model: ScaleWiseModel, path: str | Path) -> "EditedModel":
         expected = set(edit.names)
         if set(tensors) != expected:
             raise CheckpointError(f"{path} edits {len(tensors)} parameters but groups {config.groups} hold {len(expected)}")
+        deltas = edit.deltas
         for name, weight in tensors.items():
             if weight.shape != params[name].shape:
                 raise CheckpointError(f"{path}: {name} has shape {tuple(weight.shape)}, model has {tuple(params[name].shape)}")
-            edit.deltas[name].data = (weight.float() - params[name].detach().float()).to(params[name].device)
+            deltas[name].data = (weight.float() - params[name].detach().float()).to(params[name].device)
     elif kind == "lora":
         for name in edit.names:
             module_name = name[: -len(".weight")]

@@ -130,11 +130,10 @@ class InfinityModel(ScaleWiseModel):
 
     def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
         """See :meth:`ScaleWiseModel.start_step`; the context is every block's start-position keys/values."""
+        if not with_context:
+            return super().start_step(cond)
         with self._autocast():
-            prepared = self.transformer.prepare_condition(cond.to(self.device))
-            if not with_context:
-                return StartStep(self.transformer.first_scale_logits(prepared).float())
-            logits, caches = self.transformer.start_step(prepared)
+            logits, caches = self.transformer.start_step(self.transformer.prepare_condition(cond.to(self.device)))
         return StartStep(logits.float(), caches)
 
     @torch.no_grad()

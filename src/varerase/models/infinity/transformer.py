@@ -393,13 +393,15 @@ class InfinityTransformer(nn.Module):
         """The scale-0 input: pooled text + ``pos_start`` + level-0 embedding, ``[B, 1, C]``."""
         return prepared.pooled.unsqueeze(1) + self.pos_start + self.lvl_embed.weight[0]
 
+    def _inputs_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Embedded teacher-forcing inputs of positions ``1…L−1`` (from ``maps``, level embeddings added): ``[B, L−1, C]``."""
+        inputs = teacher_forcing_inputs(maps, self.config.schedule, self.config.patchify).to(prepared.pooled.dtype)
+        return self.word_embed(inputs) + self.lvl_embed(self.levels[1:])
+
     def teacher_forced_logits(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits of every position given ground-truth token maps ``maps[k] [B, h_k, w_k, d]``: ``[B, L, d, 2]``."""
-        schedule = self.config.schedule
-        L = self.offsets[-1]
-        inputs = teacher_forcing_inputs(maps, schedule, self.config.patchify).to(prepared.pooled.dtype)
-        x = torch.cat([self.start_embedding(prepared), self.word_embed(inputs) + self.lvl_embed(self.levels[1:])], dim=1)
-        hidden = self.run_blocks(x, prepared, slice(0, L), self.attn_mask)
+        x = torch.cat([self.start_embedding(prepared), self._inputs_after_start(prepared, maps)], dim=1)
+        hidden = self.run_blocks(x, prepared, slice(0, self.offsets[-1]), self.attn_mask)
         return self.logits(hidden, prepared)
 
     def logits_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], start_context: KVCache) -> torch.Tensor:
@@ -408,10 +410,8 @@ class InfinityTransformer(nn.Module):
         ``start_context``: every block's keys/values of the start position, as :meth:`start_step`
         returns them, possibly computed with other weights (SACE's ``context=adapted``).
         """
-        L = self.offsets[-1]
-        inputs = teacher_forcing_inputs(maps, self.config.schedule, self.config.patchify).to(prepared.pooled.dtype)
-        x = self.word_embed(inputs) + self.lvl_embed(self.levels[1:])
-        hidden = self.run_blocks(x, prepared, slice(1, L), self.attn_mask[1:], list(start_context))
+        x = self._inputs_after_start(prepared, maps)
+        hidden = self.run_blocks(x, prepared, slice(1, self.offsets[-1]), self.attn_mask[1:], list(start_context))
         return self.logits(hidden, prepared)
 
     def start_step(self, prepared: PreparedCondition) -> tuple[torch.Tensor, KVCache]:
