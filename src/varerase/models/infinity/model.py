@@ -239,7 +239,11 @@ class InfinityModel(ScaleWiseModel):
 
     # --- our own format -------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json``, ``transformer.safetensors`` and ``vae.safetensors`` (safetensors only)."""
+        """Write ``config.json``, ``transformer.safetensors`` and ``vae.safetensors`` (safetensors only).
+
+        The text encoder is recorded by its source (:meth:`TextEncoder.saved_config`), never by the
+        folder it happens to lie in on this machine, so the folder loads wherever it is copied.
+        """
         from varerase.io import atomic_write_json, atomic_save_safetensors
 
         directory = Path(directory)
@@ -249,7 +253,7 @@ class InfinityModel(ScaleWiseModel):
             config["vae"] = asdict(self.vae.config)
             atomic_save_safetensors(self.vae.state_dict(), directory / "vae.safetensors")
         if self.text_encoder is not None:
-            config["text_encoder"] = asdict(self.text_encoder.config)
+            config["text_encoder"] = asdict(self.text_encoder.saved_config(directory))
         atomic_save_safetensors(self.transformer.state_dict(), directory / "transformer.safetensors")
         atomic_write_json(config, directory / "config.json")
 
@@ -273,7 +277,8 @@ class InfinityModel(ScaleWiseModel):
             vae = BitwiseVAE(dataclass_from_dict(BitwiseVAEConfig, config["vae"], f"{source}: vae"))
             load_strict(vae, read_safetensors(directory / "vae.safetensors"), directory / "vae.safetensors")
         if text_encoder is None and "text_encoder" in config:
-            text_encoder = TextEncoder.from_config(dataclass_from_dict(TextEncoderConfig, config["text_encoder"], f"{source}: text_encoder"))
+            saved = TextEncoderConfig.from_saved(config["text_encoder"], f"{source}: text_encoder")
+            text_encoder = TextEncoder.from_config(saved, relative_to=directory)
         sampler = dataclass_from_dict(SamplerConfig, config["default_sampler"], f"{source}: default_sampler") if "default_sampler" in config else None
         model = cls(transformer, vae, text_encoder, config.get("autocast_dtype"), sampler)
         return model.to(device).eval().requires_grad_(False)
