@@ -54,8 +54,10 @@ def _held_bytes(edit: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 
 def _measure_worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
-    from varerase.training.distributed import DistributedContext, ParallelConfig, shard_edit
-    from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
+    from varerase.edits.delta import EditConfig, ParameterEdit
+    from varerase.edits.edited_model import EditedModel
+    from varerase.runtime.distributed import DistributedContext
+    from varerase.training.parallel import ParallelConfig, shard_edit
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)

@@ -16,7 +16,7 @@ def main() -> None:
     torch.set_num_threads(2)
     directory = Path(sys.argv[1]) if len(sys.argv) > 1 else TINY_WEIGHTS
     report = measure_quality(load_model(str(directory)), load_world_detector(directory / "detector.safetensors"))
-    print(f"| measure | value | bar | verdict |\n|---|---|---|---|")
+    print("| measure | value | bar | verdict |\n|---|---|---|---|")
     for row in report.rows():
         print("| " + " | ".join(row) + " |")
     print("detector per head:", {k: f"{v:.2%}" for k, v in report.detector_accuracy.items()})

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_condition, tiny_transformer_config
+from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.edited_model import EditedModel
 from varerase.errors import ConfigError
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.infinity.model import InfinityModel
 from varerase.models.infinity.transformer import InfinityTransformer
-from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
 
 GROUPS = ["self_attn", "cross_attn", "ffn", "norms"]
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FunctionDetector
 from varerase.data.world import SYNONYMS, named_concepts, parse_attributes
+from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.edited_model import EditedModel
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks import ATTACKS, attack_success_rate, run_attack
 from varerase.evaluation.attacks.base import pooled_features
@@ -19,9 +22,7 @@ from varerase.evaluation.attacks.soft_prompt import optimise_features
 from varerase.evaluation.attacks.unlearndiff import UnlearnDiffAttack
 from varerase.evaluation.attacks.vocabulary import names_concept
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
-from conftest import FunctionDetector
 from varerase.models.base import SamplerConfig, TextCondition
-from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
 
 SAMPLER = SamplerConfig(cfg=1.0)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from varerase.data.pairs import PromptPair
+from varerase.edits.file_format import load_edit
 from varerase.errors import ConfigError
 from varerase.methods.losses import flatten_maps, per_unit_cross_entropy
 from varerase.methods.registry import eraser_class, method_config
@@ -15,7 +16,6 @@ from varerase.methods.runner import run_erasure
 from varerase.methods.teacher_cache import TeacherCache
 from varerase.methods.uce import kv_text_features, paired_token_features, uce_closed_form
 from varerase.models.base import SamplerConfig, module_group_parameters
-from varerase.training.edits import load_edit
 
 PAIRS = [
     PromptPair("a red circle on a striped background", "a red square on a striped background"),

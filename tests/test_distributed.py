@@ -18,7 +18,7 @@ from varerase.errors import ConfigError
 from varerase.methods.registry import method_config
 from varerase.methods.runner import run_erasure
 from varerase.methods.sace import SACE
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
 
 PAIRS = [
     PromptPair("a red circle on a striped background", "a red square on a striped background"),
@@ -93,7 +93,7 @@ def test_single_process_context_touches_no_process_group(monkeypatch):
 def _erase_worker(rank: int, port: int, out: str, strategy: str) -> None:
     """One of 2 torchrun-like ranks: a full S-VARE run, and one cut at step 3 then resumed."""
     _become_rank(rank, port)
-    from varerase.training.distributed import ParallelConfig
+    from varerase.training.parallel import ParallelConfig
 
     is_sharded = lambda edit: all(type(p).__name__ == "DTensor" for p in edit.parameters())
 
@@ -187,7 +187,7 @@ SACE_SETTINGS = {"steps": 3, "batch_size": 2, "benign_batch_size": 2, "lora_rank
 def _sharded_sace_worker(rank: int, port: int, out: str) -> None:
     """SACE with LoRA (two forwards before each backward, a scale-gated edit) trained as FSDP2 shards, in float32 and bfloat16."""
     _become_rank(rank, port)
-    from varerase.training.distributed import ParallelConfig
+    from varerase.training.parallel import ParallelConfig
 
     config = method_config("sace", overrides=SACE_SETTINGS)
     shard_sizes = {}
@@ -230,11 +230,12 @@ def test_fsdp_sharded_sace_lora_trains_the_single_process_edit_holding_half_of_i
 
 def _evaluate_edited_tiny(out: str) -> dict:
     """The shipped tiny model against a seeded random edit of itself: presence, following, FID/KID, grids."""
+    from varerase.edits.delta import EditConfig, ParameterEdit
+    from varerase.edits.edited_model import EditedModel
     from varerase.evaluation.detectors.registry import load_world_detector
     from varerase.evaluation.evaluate import evaluate
     from varerase.evaluation.prompts import world_prompt_groups
     from varerase.models.registry import load_model
-    from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
 
     model = load_model("tiny")
     edit = ParameterEdit(model, EditConfig(groups=["ffn"]))

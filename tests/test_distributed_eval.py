@@ -15,8 +15,8 @@ from test_issa import PAIR, _bits_decoder, first_bit_detector
 from test_issa import SAMPLER as ISSA_SAMPLER
 from varerase.evaluation.attacks import ATTACKS, run_attack
 from varerase.evaluation.issa import run_issa
-from varerase.evaluation.sharding import map_sharded
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.sharding import map_sharded
 
 # Three attacked prompts: strided over 2 ranks (0, 2 | 1), a result gathered out of order shows.
 # Final images in batches of 2: whole batches are dealt out, so both ranks get some.

@@ -9,12 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_transformer_config
+from varerase.edits.file_format import load_edit
 from varerase.errors import VarEraseError
 from varerase.methods.registry import method_config
 from varerase.models.infinity.checkpoint import load_official_transformer
 from varerase.models.infinity.model import InfinityModel
 from varerase.models.infinity.transformer import InfinityTransformer
-from varerase.training.edits import load_edit
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 json_values = st.recursive(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_SCHEDULE, random_condition, tiny_transformer_config
+from conftest import TINY_SCHEDULE, random_condition
 from varerase.errors import CheckpointError
 from varerase.models.base import ConditionSwitch, SamplerConfig
 from varerase.models.sampling import cfg_combine, filter_top_k_top_p, sample_units

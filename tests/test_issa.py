@@ -9,9 +9,10 @@ import torch
 
 from conftest import FunctionDetector
 from varerase.data.pairs import PromptPair
+from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.edited_model import EditedModel
 from varerase.evaluation.issa import compute_issa, run_issa, saliency
 from varerase.models.base import ConditionSwitch, SamplerConfig
-from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
 
 SAMPLER = SamplerConfig(cfg=3.0)  # guided, so both CFG branches of the switch are exercised
 SEEDS = [0, 1, 2]

@@ -9,11 +9,13 @@ import torch
 
 from conftest import random_condition
 from varerase.data.pairs import PromptPair
+from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.edited_model import EditedModel
+from varerase.edits.file_format import load_edit, save_edit
 from varerase.methods.losses import filtered_cross_entropy, flatten_maps, svare_preservation
 from varerase.methods.registry import eraser_class, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import SamplerConfig
-from varerase.training.edits import EditConfig, EditedModel, ParameterEdit, load_edit
 
 PAIRS = [
     PromptPair("a red circle on a striped background", "a red square on a striped background"),
@@ -71,7 +73,7 @@ def test_sace_adapted_context_lets_later_scales_attend_to_the_edited_start_posit
     head_only = _scale_gated(tiny_model, ["head"], "adapted").teacher_forced_logits(cond, maps)
     torch.testing.assert_close(head_only[:, 1:], original[:, 1:], atol=1e-6, rtol=0)
     # The choice travels with the saved edit.
-    adapted.edit.save(tmp_path / "edit.safetensors", tiny_model)
+    save_edit(adapted.edit, tmp_path / "edit.safetensors", tiny_model)
     assert load_edit(tiny_model, tmp_path).edit.config.start_context == "adapted"
     assert strict.fingerprint() != adapted.fingerprint()
 

@@ -127,9 +127,9 @@ def test_old_folder_with_another_machines_bundled_path_loads_without_warnings(tm
 
 def test_erase_run_folder_loads_after_a_move_and_records_no_machine_path(tmp_path: Path, tiny_text_model) -> None:
     from varerase.data.pairs import PromptPair
+    from varerase.edits.file_format import load_edit
     from varerase.methods.registry import method_config
     from varerase.methods.runner import run_erasure
-    from varerase.training.edits import load_edit
 
     pairs = [PromptPair("a red circle", "a red square")]
     config = method_config("s-vare", None, {"steps": 2, "batch_size": 1, "samples_per_pair": 1}, None)

@@ -65,7 +65,8 @@ def test_trained_model_follows_heldout_prompts_and_an_untrained_one_does_not(tin
 def test_mixed_precision_stores_linear_weights_in_bfloat16_without_changing_outputs(tiny, tmp_path):
     from safetensors.torch import load_file
 
-    from varerase.training.edits import EditConfig, ParameterEdit, load_edit
+    from varerase.edits.delta import EditConfig, ParameterEdit
+    from varerase.edits.file_format import load_edit, save_edit
 
     lowered = load_model("tiny", autocast_dtype="bfloat16")
     dtypes = {name: p.dtype for name, p in lowered.transformer.named_parameters()}
@@ -82,7 +83,7 @@ def test_mixed_precision_stores_linear_weights_in_bfloat16_without_changing_outp
     edit = ParameterEdit(lowered, EditConfig(groups=["ffn"]))
     name = "transformer.blocks.0.ffn.fc1.weight"
     edit.deltas[name].data.fill_(1e-6)
-    edit.save(tmp_path / "edit.safetensors", lowered)
+    save_edit(edit, tmp_path / "edit.safetensors", lowered)
     assert load_file(tmp_path / "edit.safetensors")[name].dtype == torch.float32
     reloaded = load_edit(lowered, tmp_path)
     torch.testing.assert_close(reloaded.edit.delta(name), torch.full_like(reloaded.edit.delta(name), 1e-6), atol=3e-8, rtol=0)  # float32 resolution of W + Δ

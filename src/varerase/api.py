@@ -15,13 +15,14 @@ import torch
 
 from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
+from varerase.edits.file_format import load_edit
 from varerase.errors import ConfigError
 from varerase.methods.registry import has_preset, method_config
 from varerase.methods.runner import ErasureResult, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model
-from varerase.training.distributed import DistributedContext, ParallelConfig
-from varerase.training.edits import load_edit
+from varerase.runtime.distributed import DistributedContext
+from varerase.training.parallel import ParallelConfig
 
 
 def resolve_model(model: str | ScaleWiseModel = "tiny", edit: str | Path | None = None, **model_options: Any) -> ScaleWiseModel:

@@ -10,7 +10,6 @@ the target prompts, erasure wall time and forward-token count.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ from varerase.io import atomic_write_json, atomic_write_text
 from varerase.methods.registry import ERASERS, has_preset, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import ScaleWiseModel
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
 
 COLUMNS = ("concept", "method", "target presence", "held-out presence", "retain following", "FID", "KID", "diversity", "wall s", "forward tokens")
 

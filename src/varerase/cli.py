@@ -31,7 +31,7 @@ MODEL_HELP = "Model: 'tiny' (built in), 'infinity-2b', 'infinity-8b', or a folde
 
 def _is_main_rank() -> bool:
     """False on every torchrun rank but 0: the others stay silent (rank 0 prints the summary)."""
-    from varerase.training.distributed import DistributedContext
+    from varerase.runtime.distributed import DistributedContext
 
     return DistributedContext.current().is_main
 
@@ -281,7 +281,8 @@ def train_tiny(
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
 ) -> None:
     """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table."""
-    from varerase.tiny.train import TinyTrainingConfig, train_tiny as run
+    from varerase.tiny.train import TinyTrainingConfig
+    from varerase.tiny.train import train_tiny as run
 
     config = TinyTrainingConfig(seed=seed, transformer_steps=transformer_steps)
     if quick:

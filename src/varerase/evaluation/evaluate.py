@@ -23,7 +23,6 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import varerase
 from varerase.errors import ConfigError
@@ -40,11 +39,12 @@ from varerase.evaluation.metrics import (
     prompt_following,
 )
 from varerase.evaluation.prompts import EvalPrompt
-from varerase.evaluation.sharding import map_sharded
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
+from varerase.runtime.sharding import map_sharded
 
 THUMBNAIL = 96  # grid tiles are about this many pixels on a side
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
@@ -124,11 +124,6 @@ def _save_grid(thumbnails: list[torch.Tensor], path: Path, samples_per_prompt: i
     images = torch.cat(thumbnails)
     columns = samples_per_prompt if samples_per_prompt >= 4 else 8
     save_grid(images, path, columns=columns, scale=max(1, THUMBNAIL // max(images.shape[-2:])))
-
-
-def _progress(enabled: bool) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    return Progress(*columns, disable=not enabled)
 
 
 def _settings(
@@ -247,7 +242,7 @@ def evaluate(
     sections: dict[str, dict] = {name: {"fingerprint": fingerprints[name], "groups": {}} for name in models}
     comparison: dict[str, dict] = {}
     rows_by_group = {g: row_seeds(ps, samples_per_prompt, base_seed) for g, ps in prompt_groups.items()}
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("evaluate", total=sum(len(r) for r in rows_by_group.values()) * len(models))
         for group, rows in rows_by_group.items():
             results = {name: _GroupResults(concepts, max_grid_images) for name in models}

@@ -30,15 +30,16 @@ import torch.nn.functional as F
 
 from varerase.data.pairs import PromptPair
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import concept_presence, progress_bar, resolve_concept
+from varerase.evaluation.attacks.base import concept_presence, resolve_concept
 from varerase.evaluation.detectors.base import ConceptDetector
-from varerase.evaluation.sharding import map_sharded
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_bytes, atomic_write_json
-from varerase.models.units import per_unit_kl
 from varerase.models.base import ConditionSwitch, SamplerConfig, ScaleWiseModel, TextCondition
 from varerase.models.schedule import scale_token_counts
-from varerase.training.distributed import DistributedContext
+from varerase.models.units import per_unit_kl
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
+from varerase.runtime.sharding import map_sharded
 
 # Strip tiles are downscaled to at most this many pixels a side: a 13-scale Infinity strip of
 # 1024² images would otherwise hold 14 full images per seed and pair in memory.
@@ -255,7 +256,7 @@ def compute_issa(
 
     def switch_pairs(indices: list[int]) -> list[list[SwitchRow]]:
         out = []
-        with progress_bar(progress and context.is_main) as bar:
+        with progress_bar(progress and context.is_main, transient=True) as bar:
             task = bar.add_task("ISSA", total=len(indices) * (len(model.schedule) + 1))
             for i in indices:
                 out.append(switch_rows(model, pairs[i], detector, concept, sampler, list(seeds), lambda: bar.advance(task)))

@@ -11,10 +11,11 @@ import torch
 
 from varerase.config import dataclass_from_dict
 from varerase.data.pairs import PromptPair
+from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.edited_model import EditedModel
 from varerase.errors import ConfigError
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
-from varerase.training.distributed import DistributedContext
-from varerase.training.edits import EditConfig, EditedModel, ParameterEdit
+from varerase.runtime.distributed import DistributedContext
 from varerase.training.trainer import TrainerConfig, UpdateFn, step_generator
 
 

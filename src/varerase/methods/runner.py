@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Sequence
 
 from varerase.data.pairs import PromptPair
+from varerase.edits.edited_model import EditedModel
+from varerase.edits.file_format import save_edit
 from varerase.errors import ConfigError
 from varerase.io import atomic_write_json, atomic_write_yaml
 from varerase.methods.base import MethodConfig
 from varerase.methods.registry import eraser_class
 from varerase.models.base import ScaleWiseModel
-from varerase.training.distributed import DistributedContext, ParallelConfig, shard_edit
-from varerase.training.edits import EditedModel, gather_edit
+from varerase.runtime.distributed import DistributedContext
+from varerase.training.parallel import ParallelConfig, gather_edit, shard_edit
 from varerase.training.trainer import Trainer, seed_everything
 
 
@@ -136,7 +138,7 @@ def run_erasure(
         "final": history[-1] if history else {},
     }
     if run_dir is not None and context.is_main:
-        eraser.edit.save(run_dir / "edit.safetensors", model, extra_metadata={"method": method})
+        save_edit(eraser.edit, run_dir / "edit.safetensors", model, extra_metadata={"method": method})
         atomic_write_json(metrics, run_dir / "metrics.json")
         atomic_write_json({"status": "complete", "method": method}, run_dir / "run.json")
     context.barrier()  # no rank returns before the run directory is complete

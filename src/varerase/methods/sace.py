@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from varerase.edits.delta import EditConfig, StartContext
 from varerase.errors import ConfigError
 from varerase.methods.base import Eraser, MethodConfig
 from varerase.methods.losses import guided, sace_erasure_loss, sace_erasure_target, sace_restoration_loss
 from varerase.models.base import TextCondition
-from varerase.training.edits import EditConfig, StartContext
 from varerase.training.trainer import UpdateFn
 
 

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import torch
 from safetensors.torch import load_file
-from rich.progress import Progress
 
 from varerase.io import atomic_save_safetensors
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
 
 
 @dataclass
@@ -91,7 +91,7 @@ class TeacherCache:
         context = context or DistributedContext.current()
         unique = list(dict.fromkeys(requests))
         mine = context.shard(unique)
-        with Progress(disable=not (progress and context.is_main), transient=True) as bar:
+        with progress_bar(progress and context.is_main, transient=True) as bar:
             task = bar.add_task(description, total=len(mine))
             for prompt, seed in mine:
                 self.get(prompt, seed)

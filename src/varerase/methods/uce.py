@@ -8,7 +8,7 @@ also ``start_token_kv``, the attentive pool that forms the start token) UCE mini
 over text features ``e`` that enter ``W``, whose solution is
 ``W' = (Σ W e_a e_uᵀ + s·Σ W e_p e_pᵀ + λW)(Σ e_u e_uᵀ + s·Σ e_p e_pᵀ + λI)⁻¹``
 (``s = preserve_scale``). The result is stored as the full deltas ``W' − W`` of an ordinary
-:class:`~varerase.training.edits.ParameterEdit`, so it saves, loads and evaluates like every
+:class:`~varerase.edits.delta.ParameterEdit`, so it saves, loads and evaluates like every
 trained edit.
 
 Decisions where §6 leaves room:

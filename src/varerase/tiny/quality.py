@@ -14,8 +14,8 @@ from itertools import product
 import torch
 
 from varerase.data.world import BACKGROUNDS, COLOURS, HELDOUT_TEMPLATES, KINDS, SHAPES, make_dataset, prompt_for, to_float_images
-from varerase.evaluation.metrics import attribute_hits, prompt_following
 from varerase.evaluation.detectors.world_detector import WorldDetector
+from varerase.evaluation.metrics import attribute_hits, prompt_following
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 
 # Bars the built-in model is held to (a benchmark, not a test).

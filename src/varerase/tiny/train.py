@@ -15,7 +15,6 @@ The result is a folder that ``load_model(path)`` reads; ``varerase train-tiny --
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from varerase.data.world import WorldConfig, make_dataset, to_float_images
 from varerase.evaluation.detectors.world_detector import WorldDetectorConfig, train_world_detector
@@ -35,6 +33,7 @@ from varerase.models.infinity.model import InfinityModel
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
 from varerase.models.infinity.vae import BitwiseVAE, tiny_vae_config
 from varerase.models.text import load_minilm
+from varerase.runtime.progress import progress_bar
 from varerase.training.trainer import seed_everything
 
 TINY_SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (8, 8)]
@@ -72,13 +71,6 @@ class TinyTrainingConfig:
     transformer: InfinityConfig = field(default_factory=tiny_transformer_config)
 
 
-def _progress(label: str, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), disable=not enabled,
-    )
-
-
 def _set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, warmup: int) -> None:
     for group in optimizer.param_groups:
         group["lr"] = peak * _cosine_with_warmup(step, total, warmup)
@@ -99,8 +91,8 @@ def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bo
     generator = torch.Generator().manual_seed(config.seed)
     val = to_float_images(images[-256:]) * 2 - 1
     train = images[:-256]
-    with _progress("tokenizer", progress) as bar:
-        task = bar.add_task("vae", total=config.tokenizer_steps, info="")
+    with progress_bar(progress, with_info=True) as bar:
+        task = bar.add_task("tokenizer", total=config.tokenizer_steps, info="")
         for step in range(config.tokenizer_steps):
             _set_learning_rate(optimizer, config.tokenizer_lr, step, config.tokenizer_steps, 50)
             index = torch.randint(len(train), (config.tokenizer_batch,), generator=generator)
@@ -146,8 +138,8 @@ def train_transformer(
     )
     generator = torch.Generator().manual_seed(config.seed + 1)
     losses: list[float] = []
-    with _progress("transformer", progress) as bar:
-        task = bar.add_task("var", total=config.transformer_steps, info="")
+    with progress_bar(progress, with_info=True) as bar:
+        task = bar.add_task("transformer", total=config.transformer_steps, info="")
         for step in range(config.transformer_steps):
             _set_learning_rate(optimizer, config.transformer_lr, step, config.transformer_steps, config.transformer_warmup)
             index = torch.randint(len(captions), (config.transformer_batch,), generator=generator)

@@ -20,13 +20,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file
 from torch import nn
 
 from varerase.errors import ConfigError, VarEraseError
 from varerase.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
 
 UpdateFn = Callable[[torch.Tensor], float]
 StepFn = Callable[[int, UpdateFn], dict[str, float]]
@@ -186,10 +186,9 @@ class Trainer:
 
     def run(self, step_fn: StepFn, description: str = "erasing") -> list[dict[str, float]]:
         """Run the remaining steps; returns the per-step log records."""
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
         log_path = self.run_dir / "log.jsonl" if self.run_dir is not None and self.context.is_main else None
-        with Progress(*columns, disable=not self.progress, transient=False) as bar:
-            task = bar.add_task(description, total=self.config.steps, completed=self.step, losses="")
+        with progress_bar(self.progress, with_info=True) as bar:
+            task = bar.add_task(description, total=self.config.steps, completed=self.step, info="")
             while self.step < self.config.steps:
                 record = self.context.mean({k: float(v) for k, v in step_fn(self.step, self._update).items()})
                 self.step += 1
@@ -199,7 +198,7 @@ class Trainer:
                     with log_path.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
                 shown = "  ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step")
-                bar.update(task, completed=self.step, losses=shown)
+                bar.update(task, completed=self.step, info=shown)
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self.save_state()
                     if self.progress and self.state_dir is not None:

@@ -8,7 +8,7 @@ detector decides whether the concept is in the image.
 Under ``torchrun`` the ranks share the work and all end with the single-process result: each
 attack's searches (one per attacked prompt, independent of each other) and the final
 generations are dealt out row by row and gathered back in order
-(:func:`~varerase.evaluation.sharding.map_sharded`); rank 0 writes.
+(:func:`~varerase.runtime.sharding.map_sharded`); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from varerase.config import dataclass_from_dict
 from varerase.data.concepts import world_concept_prompts
@@ -29,11 +28,12 @@ from varerase.data.pairs import PromptPair, load_pairs
 from varerase.data.world import canonical_concept
 from varerase.errors import ConfigError, DataError
 from varerase.evaluation.detectors.base import ConceptDetector
-from varerase.evaluation.sharding import map_sharded
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
+from varerase.runtime.sharding import map_sharded
 
 # Prompts → encoded condition; ``ScaleWiseModel.encode_text`` has this type.
 Encode = Callable[[list[str]], TextCondition]
@@ -195,12 +195,6 @@ def pooled_embeddings(model: ScaleWiseModel, prompts: Sequence[str], chunk: int 
 # Generation, detection and results
 
 
-def progress_bar(progress: bool) -> Progress:
-    """The progress display attacks and ISSA share (disabled when ``progress`` is False)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    return Progress(*columns, disable=not progress, transient=True)
-
-
 def concept_presence(detector: ConceptDetector, images: torch.Tensor, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores ``[B]`` and presence ``[B]`` (bool) of ``concept`` in ``images`` ``[B, 3, H, W]``.
 
@@ -232,7 +226,7 @@ def generate_and_detect(
 
     def generate_batches(indices: list[int]) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         done = []
-        with progress_bar(progress) as bar:
+        with progress_bar(progress, transient=True) as bar:
             task = bar.add_task("generate + detect", total=sum(len(batches[i]) for i in indices))
             for i in indices:
                 batch = cond.select(batches[i])

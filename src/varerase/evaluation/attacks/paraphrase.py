@@ -21,7 +21,7 @@ from varerase.data.world import SYNONYMS, canonical_concept, concept_kind, promp
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks.base import Attack, AttackConfig, Found, read_prompt_file
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
 
 DESCRIPTIONS: dict[str, tuple[str, ...]] = {
     "circle": (

@@ -14,7 +14,7 @@ from varerase.evaluation.attacks.soft_prompt import SoftPromptAttack
 from varerase.evaluation.attacks.unlearndiff import UnlearnDiffAttack
 from varerase.evaluation.detectors.base import ConceptDetector
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
 
 ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (ParaphraseAttack, RingABellAttack, UnlearnDiffAttack, SoftPromptAttack)}
 

@@ -25,18 +25,18 @@ import torch.nn.functional as F
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks.base import (
     Attack,
-    Found,
     Encode,
+    Found,
     attacked_pairs,
     concept_pairs,
     pooled_embeddings,
     pooled_features,
-    progress_bar,
 )
 from varerase.evaluation.attacks.vocabulary import VocabularyConfig, attack_vocabulary
-from varerase.evaluation.sharding import map_sharded
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
+from varerase.runtime.sharding import map_sharded
 
 # Scores a population ``[P, K]`` of token ids: ``[P]`` fitness, higher is better.
 Fitness = Callable[[np.ndarray], np.ndarray]
@@ -161,7 +161,7 @@ class RingABellAttack(Attack):
 
         def search_pairs(indices: list[int]) -> list[dict]:
             searches = []
-            with progress_bar(progress) as bar:
+            with progress_bar(progress, transient=True) as bar:
                 task = bar.add_task("ring-a-bell search", total=len(indices) * config.search.generations)
                 for i in indices:
 

@@ -25,12 +25,12 @@ from varerase.evaluation.attacks.base import (
     TargetPromptsConfig,
     attacked_pairs,
     concept_pairs,
-    progress_bar,
 )
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
-from varerase.evaluation.sharding import map_sharded
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
+from varerase.runtime.sharding import map_sharded
 
 
 @dataclass
@@ -73,7 +73,7 @@ class SoftPromptAttack(Attack):
 
         def optimise_prompts(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
             rows = []
-            with progress_bar(progress) as bar:
+            with progress_bar(progress, transient=True) as bar:
                 task = bar.add_task("soft-prompt optimisation", total=len(indices))
                 for start in range(0, len(indices), config.batch_size):
                     batch = [prompts[i] for i in indices[start : start + config.batch_size]]

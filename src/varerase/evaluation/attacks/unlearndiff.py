@@ -33,13 +33,13 @@ from varerase.evaluation.attacks.base import (
     concept_pairs,
     encode_fresh,
     pooled_embeddings,
-    progress_bar,
 )
 from varerase.evaluation.attacks.vocabulary import VocabularyConfig, attack_vocabulary
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
-from varerase.evaluation.sharding import map_sharded
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
+from varerase.runtime.sharding import map_sharded
 
 
 @dataclass
@@ -130,7 +130,7 @@ class UnlearnDiffAttack(Attack):
         def search_targets(indices: list[int]) -> list[dict]:
             maps = concept_tokens(model, model.encode_text([targets[i].target for i in indices]), sampler, config.seed)
             searches = []
-            with progress_bar(progress) as bar:
+            with progress_bar(progress, transient=True) as bar:
                 task = bar.add_task("unlearndiff search", total=len(indices))
                 for row, i in enumerate(indices):
                     search = HotFlipSearch(model, vocabulary, embeddings, targets[i].target, [m[row : row + 1] for m in maps])

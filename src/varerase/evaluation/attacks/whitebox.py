@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from varerase.models.units import flatten_maps, per_unit_cross_entropy
+from varerase.edits.edited_model import EditedModel
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
-from varerase.training.edits import EditedModel
+from varerase.models.units import flatten_maps, per_unit_cross_entropy
 
 
 def original_model(model: ScaleWiseModel) -> ScaleWiseModel:

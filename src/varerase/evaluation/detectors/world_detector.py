@@ -18,7 +18,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -26,6 +25,7 @@ from torch import nn
 from varerase.data.world import ATTRIBUTES, KINDS, to_float_images
 from varerase.errors import CheckpointError, ConfigError
 from varerase.evaluation.detectors.base import ConceptDetector, state_dict_sha256
+from varerase.runtime.progress import progress_bar
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
@@ -234,15 +234,8 @@ def train_world_detector(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=steps)
     losses: list[float] = []
     detector.train()
-    columns = (
-        TextColumn("world detector"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"))
+    with progress_bar(progress, with_info=True) as bar:
+        task = bar.add_task("world detector", total=steps, info="")
         for _ in range(steps):
             index = torch.randint(len(train_images), (num_clean,), generator=generator)
             batch = to_float_images(train_images[index]).to(device)
@@ -259,7 +252,7 @@ def train_world_detector(
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-            bar.update(task, advance=1, loss=losses[-1])
+            bar.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
     detector.eval()
 
     metrics: dict = {

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from varerase.errors import CheckpointError
-from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
+from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.schedule import infinity_schedule
 
 # Buffers some official checkpoints carry that are not weights (the official loader drops them too).

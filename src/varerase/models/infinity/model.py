@@ -14,9 +14,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from varerase.errors import CheckpointError, ConfigError
 from varerase.config import dataclass_from_dict
-from varerase.models.loading import load_strict, read_json_config, read_safetensors
+from varerase.errors import CheckpointError, ConfigError
 from varerase.models.base import (
     ConditionSwitch,
     Generation,
@@ -29,6 +28,7 @@ from varerase.models.base import (
 from varerase.models.infinity.bsq import CodeAccumulator, unpatchify_bits
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, PreparedCondition
 from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig
+from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.sampling import cfg_combine, sample_rows, sampling_generators
 from varerase.models.text import TextEncoder, TextEncoderConfig
 
@@ -244,7 +244,7 @@ class InfinityModel(ScaleWiseModel):
         The text encoder is recorded by its source (:meth:`TextEncoder.saved_config`), never by the
         folder it happens to lie in on this machine, so the folder loads wherever it is copied.
         """
-        from varerase.io import atomic_write_json, atomic_save_safetensors
+        from varerase.io import atomic_save_safetensors, atomic_write_json
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from torch.func import functional_call
 
 from varerase.models.base import TextCondition
 from varerase.models.infinity.bsq import teacher_forcing_inputs
-from varerase.models.schedule import Schedule, block_causal_mask, rope_reference_grid, scale_offsets, token_levels
+from varerase.models.schedule import block_causal_mask, rope_reference_grid, scale_offsets, token_levels
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]
 

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from varerase.config import dataclass_from_dict
 from varerase.errors import CheckpointError, ConfigError
 from varerase.io import atomic_save_safetensors, atomic_write_json
-from varerase.config import dataclass_from_dict
-from varerase.models.loading import load_strict, read_json_config, read_safetensors
 from varerase.models.infinity.bsq import Schedule, bits_to_codes, multiscale_quantize, upsample
+from varerase.models.loading import load_strict, read_json_config, read_safetensors
 
 _NORM_EPS = 1e-6
 # The official quantizer registers the MSB-first bit weights ``2^(d-1) … 1`` as a buffer, saved

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from varerase.training.distributed import DistributedContext
+from varerase.runtime.distributed import DistributedContext
 
 R = TypeVar("R")
 

@@ -1,0 +1,1 @@
+"""Parameter edits (full / LoRA / scale-gated), their file format and the edited model."""

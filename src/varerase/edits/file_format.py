@@ -1,0 +1,92 @@
+"""The edit file, ``edit.safetensors``: writing an edit and reading it back onto a model.
+
+A full edit stores the merged changed weights ``W + Δ`` in float32 under the model's parameter
+names; a LoRA edit stores its factors under peft's key names (``….lora_A.weight``,
+``….lora_B.weight``) with ``rank`` and ``alpha`` in the metadata, so peft can load it. The
+metadata also records ``format: varerase-edit``, the module groups, the scope and the start
+context, which is all :func:`load_edit` needs besides the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.edited_model import EditedModel
+from varerase.errors import CheckpointError
+from varerase.io import atomic_save_safetensors
+from varerase.models.base import ScaleWiseModel
+
+
+def save_edit(edit: ParameterEdit, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write ``edit.safetensors``: merged changed weights (full) or LoRA factors with peft's key names."""
+    metadata = {"format": "varerase-edit", "scope": edit.config.scope, "start_context": edit.config.start_context, "groups": ",".join(edit.config.groups)}
+    if edit.config.lora_rank == 0:
+        tensors = edit.changed_weights(model)
+        metadata["kind"] = "weights"
+    else:
+        tensors = {}
+        for name in edit.names:
+            module_name = name[: -len(".weight")]
+            lora_a, lora_b = edit.lora_factors(name)
+            tensors[f"{module_name}.lora_A.weight"] = lora_a.detach()
+            tensors[f"{module_name}.lora_B.weight"] = lora_b.detach()
+        metadata.update(kind="lora", rank=str(edit.config.lora_rank), alpha=str(edit.config.lora_alpha or edit.config.lora_rank))
+    metadata.update(extra_metadata or {})
+    atomic_save_safetensors(tensors, path, metadata=metadata)
+
+
+def load_edit(model: ScaleWiseModel, path: str | Path) -> EditedModel:
+    """Read an ``edit.safetensors`` written by :func:`save_edit` and apply it to ``model``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "edit.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"no edit at {path}; pass a run directory or its edit.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as error:
+        raise CheckpointError(f"could not read {path} as safetensors: {error}") from error
+    if metadata.get("format") != "varerase-edit":
+        raise CheckpointError(f"{path} is not a varerase edit (no 'format: varerase-edit' metadata)")
+    params = dict(model.named_parameters())
+    kind = metadata.get("kind")
+    config = EditConfig(
+        groups=metadata.get("groups", "").split(",") if metadata.get("groups") else (),
+        lora_rank=int(metadata.get("rank", 0)) if kind == "lora" else 0,
+        lora_alpha=float(metadata["alpha"]) if kind == "lora" else None,
+        scope=metadata.get("scope", "all"),
+        start_context=metadata.get("start_context", "original"),
+    )
+    edit = ParameterEdit(model, config)
+    if kind == "weights":
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise CheckpointError(f"{path} edits parameters this model does not have: {unknown[:10]}")
+        expected = set(edit.names)
+        if set(tensors) != expected:
+            raise CheckpointError(f"{path} edits {len(tensors)} parameters but groups {config.groups} hold {len(expected)}")
+        deltas = edit.deltas
+        for name, weight in tensors.items():
+            if weight.shape != params[name].shape:
+                raise CheckpointError(f"{path}: {name} has shape {tuple(weight.shape)}, model has {tuple(params[name].shape)}")
+            deltas[name].data = (weight.float() - params[name].detach().float()).to(params[name].device)
+    elif kind == "lora":
+        for name in edit.names:
+            module_name = name[: -len(".weight")]
+            for factor, param in zip(("lora_A", "lora_B"), edit.lora_factors(name)):
+                tensor_name = f"{module_name}.{factor}.weight"
+                if tensor_name not in tensors:
+                    raise CheckpointError(f"{path} lacks {tensor_name}")
+                if tensors[tensor_name].shape != param.shape:
+                    raise CheckpointError(f"{path}: {tensor_name} has shape {tuple(tensors[tensor_name].shape)}, expected {tuple(param.shape)}")
+                param.data = tensors[tensor_name].to(param.device, torch.float32)
+    else:
+        raise CheckpointError(f"{path} has unknown edit kind {kind!r}")
+    return EditedModel(model, edit.requires_grad_(False))

@@ -1,0 +1,1 @@
+"""The ground floor every other floor may use: distributed context, sharding of work, progress bars."""
