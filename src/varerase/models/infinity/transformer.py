@@ -18,7 +18,8 @@ the scale index (its non-fused path forgets it), condition dropout never runs ou
 training call, the caller's text tensor is never overwritten, any prefix of the schedule can be
 computed (scale 0 alone is one position), and loading is strict (see ``checkpoint.py``).
 Attention runs through ``scaled_dot_product_attention`` with padded text and a key mask instead
-of flash-attn's packed varlen kernels (same result up to dtype).
+of flash-attn's packed varlen kernels (same result up to dtype; ``InfinityConfig.official_numerics``
+reproduces the bfloat16 rounding those kernels impose on a float32 model, see ``CrossAttention``).
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ class InfinityConfig:
     text_pool_heads: int | None = None
     bits: int = 32  # bits per transformer token (4× the tokenizer's with spatial patchify)
     patchify: bool = False
-    schedule: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)])
+    schedule: list[tuple[int, int]] = field(
+        default_factory=lambda: [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)]
+    )
     block_chunks: int = 8  # only shapes the official checkpoint's key names
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     num_level_embeddings: int = 15
     drop_path_rate: float = 0.0  # active in train() mode only
     ffn_multiple: int = 256  # the FFN width is rounded to a multiple of this (official: 256)
+    # Reproduce the official float32 cross-attention rounding (see CrossAttention); off = plain float32.
+    official_numerics: bool = False
 
     def __post_init__(self) -> None:
         self.schedule = [tuple(s) for s in self.schedule]
@@ -183,12 +188,24 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Attention from image tokens (or one learned query, for pooling) to text tokens, value bias only."""
+    """Attention from image tokens (or one learned query, for pooling) to text tokens, value bias only.
 
-    def __init__(self, width: int, kv_channels: int, num_heads: int, learned_query: bool = False) -> None:
+    ``official_numerics``: the official code runs every cross-attention (the blocks' and the text
+    pool's) through flash-attn's varlen kernel, which only takes half precision, so in a float32
+    model it casts q, k and v to bfloat16 and the kernel's bfloat16 output back to float32
+    (official ``basic.py``, ``CrossAttention.forward``). With the flag on, float32 inputs get the
+    same two roundings here (the attention itself runs in float32 on the rounded values); this is
+    what lets a float32 run match the official float32 logits to ~1e-5, but for rare rounding-boundary
+    flips, instead of ~1e-3 (see ``tests/test_infinity_parity.py``). Off by default: plain float32 is
+    the more accurate model.
+    Half-precision inputs (autocast) are not rounded again, as in the official code.
+    """
+
+    def __init__(self, width: int, kv_channels: int, num_heads: int, learned_query: bool = False, official_numerics: bool = False) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, width // num_heads
         self.learned_query = learned_query
+        self.official_numerics = official_numerics
         if learned_query:
             query = torch.empty(1, num_heads, self.head_dim)
             nn.init.trunc_normal_(query, std=math.sqrt(1 / width / 3))
@@ -209,16 +226,21 @@ class CrossAttention(nn.Module):
             q = self.mat_q.to(k.dtype).unsqueeze(2).expand(B, -1, -1, -1)
         else:
             q = self.mat_q(x).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        rounded = self.official_numerics and q.dtype == torch.float32
+        if rounded:
+            q, k, v = (t.to(torch.bfloat16).float() for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])
+        if rounded:
+            out = out.to(torch.bfloat16).float()
         return self.proj(out.transpose(1, 2).reshape(B, -1, self.num_heads * self.head_dim))
 
 
 class TextAttentivePool(nn.Module):
     """Pools text tokens into one vector with a learned query: the start token and AdaLN condition."""
 
-    def __init__(self, text_channels: int, width: int, num_heads: int) -> None:
+    def __init__(self, text_channels: int, width: int, num_heads: int, official_numerics: bool = False) -> None:
         super().__init__()
-        self.ca = CrossAttention(width, text_channels, num_heads, learned_query=True)
+        self.ca = CrossAttention(width, text_channels, num_heads, learned_query=True, official_numerics=official_numerics)
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """``[B, T, C_text]`` → ``[B, C]``."""
@@ -249,7 +271,7 @@ class CrossAttnBlock(nn.Module):
         self.eps = config.norm_eps
         self.drop_path_rate = drop_path_rate
         self.sa = SelfAttention(width, config.num_heads)
-        self.ca = CrossAttention(width, width, config.num_heads)
+        self.ca = CrossAttention(width, width, config.num_heads, official_numerics=config.official_numerics)
         self.ffn = FFN(width, config.ffn_hidden)
         self.ca_norm = nn.LayerNorm(width, eps=config.norm_eps)
         self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, width) / width**0.5)
@@ -324,7 +346,7 @@ class InfinityTransformer(nn.Module):
         nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
         self.cfg_uncond = nn.Parameter(uncond / Ct**0.5)
         self.text_norm = RMSNorm(Ct, eps=config.norm_eps)
-        self.text_proj_for_sos = TextAttentivePool(Ct, C, config.pool_heads)
+        self.text_proj_for_sos = TextAttentivePool(Ct, C, config.pool_heads, config.official_numerics)
         self.text_proj_for_ca = nn.Sequential(nn.Linear(Ct, C), nn.GELU(approximate="tanh"), nn.Linear(C, C))
         self.pos_start = nn.Parameter(torch.empty(1, 1, C))
         nn.init.trunc_normal_(self.pos_start, std=init_std)

@@ -391,15 +391,19 @@ def _select_state_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:
 def load_official_vae_checkpoint(vae: BitwiseVAE, path: str | Path) -> None:
     """Load an official Infinity VAE ``.pth`` (e.g. ``infinity_vae_d32reg.pth``) into ``vae`` strictly.
 
-    Raises :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches.
+    A ``.safetensors`` file holding the official ``AutoEncoder`` state dict (official key names, flat)
+    loads too. Raises :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"VAE checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # say which file failed, not where inside torch
-        raise CheckpointError(f"could not read {path} as a weights-only PyTorch checkpoint: {error}") from error
+    if path.suffix == ".safetensors":
+        raw = read_safetensors(path)
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # say which file failed, not where inside torch
+            raise CheckpointError(f"could not read {path} as a weights-only PyTorch checkpoint: {error}") from error
     official = _select_state_dict(raw, path)
     our_keys = set(vae.state_dict())
     state: dict[str, torch.Tensor] = {}
