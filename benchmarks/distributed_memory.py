@@ -62,7 +62,10 @@ def _measure_worker(rank: int, port: int, args: argparse.Namespace, out: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     context = DistributedContext.from_environment()
-    config = InfinityConfig(depth=args.depth, width=args.width, num_heads=args.width // 64, text_channels=64, text_pool_heads=1, bits=8, schedule=[(1, 1), (2, 2), (4, 4)], block_chunks=1)
+    config = InfinityConfig(
+        depth=args.depth, width=args.width, num_heads=args.width // 64, text_channels=64, text_pool_heads=1, bits=8,
+        schedule=[(1, 1), (2, 2), (4, 4)], block_chunks=1,
+    )
     torch.manual_seed(0)
     model = InfinityModel(InfinityTransformer(config), None, None).eval().requires_grad_(False)
     generator = torch.Generator().manual_seed(rank)
@@ -87,7 +90,8 @@ def _measure_worker(rank: int, port: int, args: argparse.Namespace, out: str) ->
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=False)
                 times.append(time.perf_counter() - start)
-        results[strategy] = {"bytes": _held_bytes(edit, optimizer), "step_seconds": min(times[1:]), "trainable": sum(p.numel() for p in ParameterEdit(model, EditConfig(GROUPS)).parameters())}
+        trainable = sum(p.numel() for p in ParameterEdit(model, EditConfig(GROUPS)).parameters())
+        results[strategy] = {"bytes": _held_bytes(edit, optimizer), "step_seconds": min(times[1:]), "trainable": trainable}
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(results, f)
     torch.distributed.barrier()

@@ -2,7 +2,7 @@
 
     python benchmarks/erasure.py [--concepts circle,red,striped] [--methods vare,s-vare,sace] [--out runs/bench]
 
-Same measurements as ``varerase benchmark`` (see ``varerase/benchmark.py``); the goals it is
+Same measurements as ``varerase benchmark`` (``varerase.api.benchmark``); the goals it is
 read against: target presence ≥ 90% → ≤ 5%, retain prompt-following drop ≤ 2 points,
 S-VARE ≤ 60 s on 2 cores, SACE ≤ 10% of S-VARE's forward tokens.
 """
@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
-from varerase.benchmark import markdown_table, run_benchmark
-from varerase.models.registry import load_model
+import varerase.api as ve
+from varerase.evaluation.benchmark_table import markdown_table
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = run_benchmark(load_model("tiny"), args.concepts.split(","), args.methods.split(","), args.out, progress=False)
+    rows = ve.benchmark("tiny", concepts=args.concepts.split(","), methods=args.methods.split(","), out=args.out, progress=False)
     print(markdown_table(rows))
 
 

@@ -45,7 +45,9 @@ def main() -> None:
     if args.preset:
         config = PRESETS[args.preset](args.pixels)
     else:
-        config = InfinityConfig(depth=args.depth, width=args.width, num_heads=args.heads, text_channels=2048, bits=32, schedule=infinity_schedule(args.pixels), block_chunks=1)
+        config = InfinityConfig(
+            depth=args.depth, width=args.width, num_heads=args.heads, text_channels=2048, bits=32, schedule=infinity_schedule(args.pixels), block_chunks=1,
+        )
     with torch.device(device):
         transformer = InfinityTransformer(config)
     model = InfinityModel(transformer, None, None, autocast_dtype=args.dtype).eval()
@@ -77,7 +79,11 @@ def main() -> None:
     print("| model | params | tokens L | batch | device | dtype | checkpointing | teacher-forced fwd+bwd | generation (CFG) | peak memory |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     name = args.preset or f"depth {config.depth}, width {config.width}"
-    print(f"| {name} | {params / 1e6:.1f}M | {sum(h * w for h, w in config.schedule)} | {args.batch} | {device} | {args.dtype or 'float32'} | {'on' if args.activation_checkpointing else 'off'} | {step:.3f} s | {min(gen_times[1:]):.3f} s | {peak} |")
+    checkpointing = "on" if args.activation_checkpointing else "off"
+    tokens = sum(h * w for h, w in config.schedule)
+    timings = [f"{step:.3f} s", f"{min(gen_times[1:]):.3f} s"]
+    cells = [name, f"{params / 1e6:.1f}M", tokens, args.batch, device, args.dtype or "float32", checkpointing, *timings, peak]
+    print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import torch
 
-from varerase.evaluation.detectors.registry import load_world_detector
-from varerase.models.registry import TINY_WEIGHTS, load_model
-from varerase.tiny.quality import measure_quality
+import varerase.api as ve
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    directory = Path(sys.argv[1]) if len(sys.argv) > 1 else TINY_WEIGHTS
-    report = measure_quality(load_model(str(directory)), load_world_detector(directory / "detector.safetensors"))
+    report = ve.quality(str(Path(sys.argv[1])) if len(sys.argv) > 1 else "tiny")
     print("| measure | value | bar | verdict |\n|---|---|---|---|")
     for row in report.rows():
         print("| " + " | ".join(row) + " |")

@@ -15,10 +15,10 @@ from varerase.edits.delta import EditConfig, ParameterEdit
 from varerase.edits.edited_model import EditedModel
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks import ATTACKS, attack_success_rate, run_attack
-from varerase.evaluation.attacks.base import pooled_features
 from varerase.evaluation.attacks.paraphrase import DESCRIPTIONS, builtin_paraphrases
 from varerase.evaluation.attacks.ring_a_bell import GeneticConfig, concept_direction, genetic_search
 from varerase.evaluation.attacks.soft_prompt import optimise_features
+from varerase.evaluation.attacks.text_features import pooled_embeddings, pooled_features
 from varerase.evaluation.attacks.unlearndiff import UnlearnDiffAttack
 from varerase.evaluation.attacks.vocabulary import names_concept
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
@@ -79,6 +79,14 @@ def test_genetic_search_best_objective_never_decreases_and_beats_initial_populat
     assert trace.history[-1] > trace.history[0]
     assert trace.best_score == trace.history[-1] == matches(np.array([trace.best]))[0]
     assert genetic_search(matches, 10, len(target), config).history == trace.history  # fixed seed, same search
+
+
+def test_pooled_embeddings_of_search_candidates_are_not_cached(tiny_text_model):
+    words = ["red", "a blue star", "dotted"]
+    pooled = pooled_embeddings(tiny_text_model, words, chunk=2)
+    assert pooled.shape == (3, tiny_text_model.encode_text(["x"]).features.shape[-1])
+    assert set(tiny_text_model._text_cache) == {"x"}  # the candidates left nothing behind
+    assert torch.allclose(pooled, pooled_features(tiny_text_model.encode_text(words)), atol=1e-5)
 
 
 def test_attack_success_rate_is_the_fraction_of_prompts_detected():

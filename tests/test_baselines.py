@@ -59,7 +59,7 @@ def test_uce_config_refuses_training_settings_and_other_groups():
     for overrides in ({"steps": 5}, {"lora_rank": 2}, {"groups": ["ffn"]}, {"lam": 0.0}):
         with pytest.raises(ConfigError):
             method_config("uce", overrides=overrides)
-    assert method_config("uce", overrides={"edit_start_token": True}).groups == ["cross_attn_kv", "start_token_kv"]
+    assert method_config("uce", overrides={"edit_start_token": True}).edit.groups == ["cross_attn_kv", "start_token_kv"]
 
 
 def test_esd_targets_are_the_formula_on_frozen_logits_of_the_target_generations(tiny_text_model):
@@ -126,6 +126,7 @@ def test_naive_fine_tuning_raises_cross_entropy_of_the_models_own_generations(ti
     pairs = PAIRS[:2]
     config = method_config("naive", overrides={"steps": 2, "lr": 1e-2})
     result = run_erasure(tiny_text_model, "naive", pairs, config, RETAIN, cache_dir=tmp_path, progress=False)
+    assert any(result.model.edit.delta(name).abs().max() > 0 for name in result.model.edit.names), "the edit equals the base model"
     cache = TeacherCache(tiny_text_model, config.aux_sampler(), tmp_path)
     maps, _ = cache.batch([(p.target, config.aux_seed) for p in pairs])
     assert cache.generated == 0  # the very generations the run trained on

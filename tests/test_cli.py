@@ -19,6 +19,16 @@ def _varerase(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "varerase", *args], capture_output=True, text=True, timeout=600)
 
 
+def _edit_changes_the_base(run) -> bool:
+    """Whether the run's ``edit.safetensors`` changes the shipped tiny model at all (some delta non-zero)."""
+    from varerase.edits.file_format import load_edit
+    from varerase.models.registry import load_model
+
+    edit = load_edit(load_model("tiny"), run).edit
+    with torch.no_grad():
+        return any(edit.delta(name).abs().max() > 0 for name in edit.names)
+
+
 def test_help_lists_the_verbs():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -66,6 +76,7 @@ def test_erase_then_generate_with_the_edit(tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("config.yaml", "edit.safetensors", "metrics.json", "run.json"):
         assert (run / name).exists()
+    assert _edit_changes_the_base(run)
     result = runner.invoke(app, ["generate", "-p", "a red circle", "-n", "2", "--edit", str(run), "--out", str(tmp_path / "after.png")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["erase", "--concept", "circle", "--method", "sace", "--steps", "3", "--out", str(run)])
@@ -88,6 +99,7 @@ def test_demo_prints_before_after_and_writes_the_grid(tmp_path):
     assert result.exit_code == 0, result.output
     assert "present on prompts naming it" in result.output and "100%" in result.output
     assert (tmp_path / "demo" / "before_after.png").exists()
+    assert _edit_changes_the_base(tmp_path / "demo" / "run")
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert summary["presence_before"] >= 0.9 and summary["concept"] == "circle"
 
@@ -106,7 +118,8 @@ def test_benchmark_writes_table_results_and_plot(tmp_path):
 def test_set_flags_reach_method_and_attack_settings(tmp_path):
     result = _varerase("erase", "--concept", "red", "--set", "rho=abc", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "rho must be a number" in result.stderr
-    result = runner.invoke(app, ["attack", "--attack", "ring-a-bell", "--set", "search={population: 8, generations: 2}", "--set", "num_prompts=2", "--out", str(tmp_path / "attack")])
+    budget = ["--set", "search={population: 8, generations: 2}", "--set", "num_prompts=2"]
+    result = runner.invoke(app, ["attack", "--attack", "ring-a-bell", *budget, "--out", str(tmp_path / "attack")])
     assert result.exit_code == 0, result.output
     settings = json.loads((tmp_path / "attack" / "attack.json").read_text())["settings"]
     assert settings["config"]["search"]["population"] == 8 and settings["config"]["num_prompts"] == 2
@@ -121,6 +134,21 @@ def test_erase_with_activation_checkpointing_trains_the_same_edit_and_records_it
         assert result.exit_code == 0, result.output
     plain, checkpointed = (load_file(tmp_path / name / "edit.safetensors") for name in ("plain", "checkpointed"))
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6, rtol=0) for k in plain)
+    assert _edit_changes_the_base(tmp_path / "plain") and _edit_changes_the_base(tmp_path / "checkpointed")
     recorded = yaml.safe_load((tmp_path / "checkpointed" / "config.yaml").read_text())
     assert recorded["activation_checkpointing"] is True and recorded["parallel"]["strategy"] == "ddp"
 
+
+
+def test_help_names_what_each_flag_accepts_and_every_model_command_takes_the_model_flags():
+    from varerase import api
+
+    help_of = {name: runner.invoke(app, [*name.split(), "--help"], terminal_width=400).output for name in
+               ("erase", "generate", "evaluate", "attack", "analyze issa", "benchmark", "demo")}
+    for method in api.METHOD_NAMES:
+        assert method in help_of["erase"] and method in help_of["demo"] and method in help_of["benchmark"]
+    assert all(name in help_of["attack"] for name in api.attack_names())
+    assert all(name in help_of["evaluate"] for name in api.detector_names())
+    for command in ("erase", "generate", "evaluate", "attack", "analyze issa", "benchmark"):
+        for flag in ("--checkpoint", "--vae", "--text-encoder", "--device", "--mixed-precision"):
+            assert flag in help_of[command], (command, flag)

@@ -243,7 +243,8 @@ def _evaluate_edited_tiny(out: str) -> dict:
         delta.data = 0.02 * torch.randn(delta.shape, generator=torch.Generator().manual_seed(5))
     edited = EditedModel(model, edit.requires_grad_(False))
     # 3 batches of 4 rows per group: 2 rounds on 2 ranks, the second with one batch only.
-    return evaluate(edited, world_prompt_groups(["circle"], 4), load_world_detector(), model.default_sampler, 3, 4, 0, out, ["circle"], reference_model=model, progress=False)
+    groups = world_prompt_groups(["circle"], 4)
+    return evaluate(edited, groups, load_world_detector(), model.default_sampler, 3, 4, 0, out, ["circle"], reference_model=model, progress=False)
 
 
 def _evaluate_worker(rank: int, port: int, out: str) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
+import yaml
 
 from conftest import random_condition
 from varerase.data.pairs import PromptPair
 from varerase.edits.delta import EditConfig, ParameterEdit
 from varerase.edits.edited_model import EditedModel
 from varerase.edits.file_format import load_edit, save_edit
+from varerase.errors import ConfigError
+from varerase.methods.config import SECTIONS, MethodConfig
 from varerase.methods.losses import filtered_cross_entropy, flatten_maps, svare_preservation
-from varerase.methods.registry import eraser_class, method_config
+from varerase.methods.registry import METHODS, eraser_class, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import SamplerConfig
 
@@ -23,6 +27,13 @@ PAIRS = [
     PromptPair("a photo of a green circle", "a photo of a green heart"),
 ]
 RETAIN = ["a yellow triangle", "a purple cross on a dotted background"]
+
+
+def _assert_edit_changes_base(edit, model):
+    """Some merged weight ``W + Δ`` of ``edit`` differs from the base model's ``W``."""
+    params = dict(model.named_parameters())
+    merged = edit.changed_weights(model)
+    assert any(not torch.equal(merged[name], params[name].detach().float()) for name in edit.names), "the edit equals the base model"
 
 
 def _eraser(model, method, **overrides):
@@ -79,8 +90,6 @@ def test_sace_adapted_context_lets_later_scales_attend_to_the_edited_start_posit
 
 
 def test_adapted_context_needs_a_scale_gated_edit_and_sace_passes_it_on(tiny_text_model):
-    from varerase.errors import ConfigError
-
     with pytest.raises(ConfigError, match="scale-gated"):
         EditConfig(groups=["ffn"], scope="all", start_context="adapted")
     with pytest.raises(ConfigError, match="context"):
@@ -114,6 +123,7 @@ def test_svare_two_step_computes_preservation_after_the_first_update(tiny_text_m
         return 0.0
 
     eraser.step(0, sgd)
+    _assert_edit_changes_base(eraser.edit, tiny_text_model)
     # Recompute by hand: FCE on the initial edit, one SGD step, then preservation.
     pairs, maps, teacher = reference.batch(0)
     fce = filtered_cross_entropy(reference.edited.teacher_forced_logits(reference.encode([p.target for p in pairs]), maps), flatten_maps(maps))
@@ -150,10 +160,13 @@ def test_each_method_trains_only_its_declared_groups(tiny_text_model, method):
 
 def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path, monkeypatch):
     config = method_config("s-vare", overrides={"steps": 4, "checkpoint_every": 2, "lr": 1e-2})
-    run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "full", progress=False)
+    whole = run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "full", progress=False)
+    _assert_edit_changes_base(whole.model.edit, tiny_text_model)
     for name in ("config.yaml", "edit.safetensors", "metrics.json", "log.jsonl", "run.json"):
         assert (tmp_path / "full" / name).exists(), name
     assert json.loads((tmp_path / "full" / "run.json").read_text())["status"] == "complete"
+    recorded = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())["method_config"]  # the settings tree, nested
+    assert recorded["training"]["steps"] == 4 and recorded["edit"]["groups"] == ["cross_attn", "ffn"] and recorded["rho"] == 0.25
 
     from varerase.methods.svare import SVARE
 
@@ -170,8 +183,6 @@ def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path,
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
     assert not (tmp_path / "cut" / "edit.safetensors").exists()
     monkeypatch.setattr(SVARE, "step", original_step)
-    from varerase.errors import ConfigError
-
     with pytest.raises(ConfigError, match="--resume"):
         run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "cut", progress=False)
     lora = method_config("s-vare", overrides={"steps": 4, "checkpoint_every": 2, "lr": 1e-2, "lora_rank": 2})
@@ -187,7 +198,9 @@ def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path,
 
 
 def test_saved_edit_loads_back_to_the_same_model(tiny_text_model, tmp_path):
-    result = run_erasure(tiny_text_model, "s-vare", PAIRS, method_config("s-vare", overrides={"steps": 2, "lr": 1e-2}), run_dir=tmp_path / "run", progress=False)
+    config = method_config("s-vare", overrides={"steps": 2, "lr": 1e-2})
+    result = run_erasure(tiny_text_model, "s-vare", PAIRS, config, run_dir=tmp_path / "run", progress=False)
+    _assert_edit_changes_base(result.model.edit, tiny_text_model)
     loaded = load_edit(tiny_text_model, tmp_path / "run")
     cond = tiny_text_model.encode_text(["a red circle"])
     maps = tiny_text_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
@@ -198,6 +211,7 @@ def test_lora_edit_round_trips_and_matches_peft(tiny_text_model, tmp_path):
     peft = pytest.importorskip("peft")
     config = method_config("vare", overrides={"steps": 2, "lr": 1e-2, "lora_rank": 2, "groups": ["ffn"]})
     result = run_erasure(tiny_text_model, "vare", PAIRS, config, run_dir=tmp_path / "run", progress=False)
+    _assert_edit_changes_base(result.model.edit, tiny_text_model)
     loaded = load_edit(tiny_text_model, tmp_path / "run")
     cond = tiny_text_model.encode_text(["a blue circle"])
     maps = tiny_text_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
@@ -213,3 +227,36 @@ def test_lora_edit_round_trips_and_matches_peft(tiny_text_model, tmp_path):
     peft.inject_adapter_in_model(peft.LoraConfig(r=2, lora_alpha=2, target_modules=targets), twin)
     peft.set_peft_model_state_dict(twin, load_file(tmp_path / "run" / "edit.safetensors"))
     torch.testing.assert_close(twin.teacher_forced_logits(cond, maps), ours, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_flat_keys_name_one_setting_each(method):
+    config_class = METHODS[method].config_class
+    top = [f.name for f in dataclasses.fields(config_class) if f.name not in SECTIONS]
+    sections = [f.name for section in SECTIONS.values() for f in dataclasses.fields(section)]
+    assert len(set(top + sections)) == len(top) + len(sections)  # a flat key never names two settings
+    assert config_class.flat_keys().keys() == set(top + sections + list(config_class.aliases))  # aliases name settings that exist, under other names
+    assert not set(config_class.aliases) & set(top + sections)
+
+
+def test_flat_and_nested_settings_build_the_same_tree():
+    flat = method_config("s-vare", "tiny", {"steps": 5, "lr": 0.01, "lora_rank": 4, "rho": 0.5})
+    nested = method_config("s-vare", "tiny", {"training": {"steps": 5, "lr": 0.01}, "edit": {"lora_rank": 4}, "rho": 0.5})
+    assert flat == nested
+    assert (flat.training.steps, flat.training.lr, flat.edit.lora_rank, flat.rho, flat.batch_size) == (5, 0.01, 4, 0.5, 4)  # batch_size: the preset's
+    assert flat.edit.groups == ["cross_attn", "ffn"] and flat.training.betas == (0.9, 0.97)  # untouched settings keep their defaults
+    sace = method_config("sace", overrides={"context": "adapted"})
+    assert (sace.edit.scope, sace.edit.start_context, sace.edit.groups) == ("scale0", "adapted", ["cross_attn", "ffn", "start_token"])
+    layered = MethodConfig.from_settings(({"lr": 0.5}, "a"), ({"training": {"steps": 3}}, "b"))  # later layers add to earlier ones
+    assert layered.training == dataclasses.replace(MethodConfig().training, lr=0.5, steps=3)
+
+
+def test_unknown_or_misplaced_settings_are_refused_naming_the_known_ones(tiny_text_model):
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['lrr'\]; known: .*'lr'"):
+        method_config("vare", overrides={"lrr": 1e-3})
+    with pytest.raises(ConfigError, match=r"unknown training setting\(s\) \['rho'\]; known: .*'steps'"):
+        method_config("s-vare", overrides={"training": {"rho": 0.5}})
+    with pytest.raises(ConfigError, match="scope"):  # the scope belongs to the method
+        method_config("vare", overrides={"scope": "scale0"})
+    with pytest.raises(ConfigError, match="takes a SACEConfig"):
+        run_erasure(tiny_text_model, "sace", PAIRS, method_config("vare"), progress=False)

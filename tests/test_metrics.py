@@ -14,9 +14,9 @@ from varerase.evaluation.evaluate import evaluate, row_seeds
 from varerase.evaluation.metrics import (
     FeatureDistances,
     attribute_hits,
-    concept_presence,
     erasure,
     feature_diversity,
+    presence_fractions,
     prompt_following,
 )
 from varerase.evaluation.prompts import EvalPrompt, group_prompts, load_prompt_csv, world_prompt_groups
@@ -72,9 +72,9 @@ def _images(colours: list[list[float]]) -> torch.Tensor:
     return torch.tensor(colours)[:, :, None, None].expand(-1, 3, 4, 4).clone()
 
 
-def test_concept_presence_is_the_fraction_of_images_where_the_detector_fires():
+def test_presence_fractions_are_the_fraction_of_images_where_the_detector_fires():
     images = _images([[0.9, 0, 0], [0.2, 0, 0.9], [0.7, 0, 0.6], [0.1, 0, 0.1]])
-    assert concept_presence(FakeDetector().detect(images)) == {"circle": 0.5, "blue": 0.5}
+    assert presence_fractions(FakeDetector().detect(images)) == {"circle": 0.5, "blue": 0.5}
 
 
 def test_erasure_reports_both_presences_and_their_difference():
@@ -126,6 +126,13 @@ def test_prompt_following_needs_every_named_attribute_and_skips_unnamed_kinds():
     result = prompt_following(hits)
     assert result["accuracy"] == pytest.approx(1 / 3) and result["num_images"] == 3
     assert result["background"] == 1.0 and result["shape"] == pytest.approx(2 / 3)
+
+
+def test_only_detectors_that_judge_attributes_give_prompt_following():
+    assert FakeDetector().attribute_hits(torch.zeros(1, 3, 4, 4), ["a red circle"]) is None
+    with pytest.raises(ConfigError, match="cannot judge prompt following"):
+        attribute_hits(FakeDetector(), torch.zeros(1, 3, 4, 4), ["a red circle"])
+    assert _FixedPredictions().attribute_hits(torch.zeros(1, 3, 32, 32), ["a red star"]) == [{"shape": False, "colour": True}]
 
 
 def test_world_detector_embed_gives_penultimate_features():

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from varerase.models.registry import load_model
+
 ARGS = ["erase", "--concept", "red", "--method", "s-vare", "--steps", "60", "--checkpoint-every", "5", "--lr", "1e-3"]
 
 
@@ -36,3 +38,5 @@ def test_sigkill_then_resume_gives_bit_identical_edit(tmp_path):
     subprocess.run(_command(tmp_path / "cut") + ["--resume"], check=True, capture_output=True, timeout=900)
     whole, cut = load_file(tmp_path / "whole" / "edit.safetensors"), load_file(tmp_path / "cut" / "edit.safetensors")
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    base = dict(load_model("tiny").named_parameters())  # the edit file holds merged weights W + Δ
+    assert any(not torch.equal(whole[k], base[k].detach().float()) for k in whole), "the edit equals the base model"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from varerase.data.world import KINDS, make_dataset, to_float_images
+from varerase.data.world import KINDS
+from varerase.data.world_rendering import make_dataset, to_float_images
 from varerase.evaluation.detectors.registry import load_world_detector
 from varerase.evaluation.metrics import attribute_hits, prompt_following
 from varerase.models.registry import load_model

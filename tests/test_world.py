@@ -8,7 +8,6 @@ import pytest
 from varerase.data.world import (
     ATTRIBUTES,
     BACKGROUNDS,
-    COLOUR_RGB,
     COLOURS,
     HELDOUT_COMBINATIONS,
     HELDOUT_TEMPLATES,
@@ -18,13 +17,11 @@ from varerase.data.world import (
     allowed_combinations,
     caption,
     concept_kind,
-    make_dataset,
     named_concepts,
     parse_attributes,
     prompt_for,
-    render,
-    sample_scenes,
 )
+from varerase.data.world_rendering import COLOUR_RGB, make_dataset, render, sample_scenes
 from varerase.errors import ConfigError
 
 

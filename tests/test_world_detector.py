@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from varerase.data.world import ATTRIBUTES, KINDS, make_dataset, to_float_images
+from varerase.data.world import ATTRIBUTES, KINDS
+from varerase.data.world_rendering import make_dataset, to_float_images
 from varerase.errors import CheckpointError
 from varerase.evaluation.detectors.world_detector import WorldDetector, WorldDetectorConfig, train_world_detector
 

@@ -1,15 +1,21 @@
-"""varerase's verbs as Python functions; the command line is a thin shell over these.
+"""varerase's verbs as Python functions: the one front door (the command line is a thin shell over these).
 
     import varerase.api as ve
     result = ve.erase("tiny", method="s-vare", concepts=["circle"], out="runs/circle")
     images = ve.generate("tiny", ["a red circle"], n=4, edit="runs/circle")
+
+Every verb takes the model (a name, a folder, or a loaded :class:`ScaleWiseModel`) first and all
+else by keyword. The pipelines live here once: an erasure (:func:`erase`, and inside
+:func:`demo` and :func:`benchmark`) always goes through the same preset rule and run folder; an
+evaluation against the original model is the same call in :func:`evaluate` and :func:`benchmark`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -17,18 +23,73 @@ from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
 from varerase.edits.file_format import load_edit
 from varerase.errors import ConfigError
-from varerase.methods.registry import has_preset, method_config
+from varerase.methods.registry import METHODS, method_config, preset_for, registered_method
 from varerase.methods.runner import ErasureResult, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model
 from varerase.runtime.distributed import DistributedContext
 from varerase.training.parallel import ParallelConfig
 
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+PRESET_NAMES: tuple[str, ...] = ("default", *dict.fromkeys(p for m in METHODS.values() for p in m.presets))
 
-def resolve_model(model: str | ScaleWiseModel = "tiny", edit: str | Path | None = None, **model_options: Any) -> ScaleWiseModel:
-    """A model object from a name/path (``load_model`` options pass through), with an edit applied if given."""
+
+def attack_names() -> tuple[str, ...]:
+    """The attacks :func:`attack` knows."""
+    from varerase.evaluation.attacks.registry import ATTACKS
+
+    return tuple(ATTACKS)
+
+
+def detector_names() -> tuple[str, ...]:
+    """The detectors :func:`evaluate` and :func:`attack` know."""
+    from varerase.evaluation.detectors.registry import DETECTORS
+
+    return tuple(DETECTORS)
+
+
+def is_main_process() -> bool:
+    """False on every torchrun rank but 0 (those stay silent; rank 0 reports)."""
+    return DistributedContext.current().is_main
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a model given by name is loaded: official weight files, device and precision (None: the defaults).
+
+    ``checkpoint`` / ``vae`` / ``text_encoder``: local paths or hub ids of the official models'
+    files; ``mixed_precision``: ``bfloat16`` or ``float16`` autocast for the transformer.
+    """
+
+    checkpoint: str | None = None
+    vae: str | None = None
+    text_encoder: str | None = None
+    device: str = "cpu"
+    mixed_precision: str | None = None
+
+    @classmethod
+    def of(cls, value: "ModelOptions | Mapping[str, Any] | None") -> "ModelOptions":
+        """Options from an instance, a mapping of its fields (``autocast_dtype`` accepted for ``mixed_precision``) or None."""
+        if value is None or isinstance(value, ModelOptions):
+            return value or cls()
+        values = {("mixed_precision" if k == "autocast_dtype" else k): v for k, v in dict(value).items()}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {unknown}; known: {', '.join(f.name for f in fields(cls))}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`varerase.models.registry.load_model` (unset ones left out)."""
+        values = {"checkpoint": self.checkpoint, "vae": self.vae, "text_encoder": self.text_encoder, "device": self.device}
+        return {k: v for k, v in {**values, "autocast_dtype": self.mixed_precision}.items() if v is not None}
+
+
+def resolve_model(
+    model: str | ScaleWiseModel = "tiny", edit: str | Path | None = None, options: ModelOptions | Mapping[str, Any] | None = None
+) -> ScaleWiseModel:
+    """A model object from a name/path (loaded with ``options``), with an edit applied if given."""
     if isinstance(model, str):
-        model = load_model(model, **{k: v for k, v in model_options.items() if v is not None})
+        model = load_model(model, **ModelOptions.of(options).load_kwargs())
     return load_edit(model, edit) if edit is not None else model
 
 
@@ -38,12 +99,12 @@ def sampler_for(model: ScaleWiseModel, **overrides: Any) -> SamplerConfig:
     return SamplerConfig(**values)
 
 
-def _join_ranks(model_options: dict[str, Any] | None):
+def _join_ranks(model_options: ModelOptions | Mapping[str, Any] | None) -> tuple[DistributedContext, ModelOptions]:
     """Join torchrun's process group (alone without torchrun) and point ``device="cuda"`` at this rank's GPU."""
     context = DistributedContext.from_environment()
-    options = dict(model_options or {})
-    if context.is_distributed and str(options.get("device", "cpu")) == "cuda":
-        options["device"] = f"cuda:{context.local_rank}"
+    options = ModelOptions.of(model_options)
+    if context.is_distributed and options.device == "cuda":
+        options = ModelOptions(**{**asdict(options), "device": f"cuda:{context.local_rank}"})
     return context, options
 
 
@@ -62,8 +123,46 @@ def erasure_prompts(concepts: Sequence[str] = (), pairs: str | Path | Sequence[P
     return collected, retain
 
 
+def _model_label(model: str | ScaleWiseModel) -> str:
+    return model if isinstance(model, str) else type(model).__name__
+
+
+def _erase_loaded(
+    loaded: ScaleWiseModel,
+    model: str | ScaleWiseModel,
+    method: str,
+    prompt_pairs: Sequence[PromptPair],
+    retain: Sequence[str],
+    *,
+    out: str | Path | None,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    context: DistributedContext | None = None,
+    parallel: ParallelConfig | None = None,
+    activation_checkpointing: bool = False,
+    record: Mapping[str, Any] | None = None,
+) -> ErasureResult:
+    """The one erasure step of every pipeline: settings (preset rule, YAML, overrides) resolved once, then the run."""
+    preset = preset_for(method, model, preset)
+    config = registered_method(method).config(preset, dict(settings or {}), str(config_file) if config_file else None)
+    parallel = parallel or ParallelConfig()
+    loaded.set_activation_checkpointing(activation_checkpointing)
+    extra = {
+        "model": _model_label(model), "preset": preset, "parallel": asdict(parallel),
+        "activation_checkpointing": activation_checkpointing, **(record or {}),
+    }
+    return run_erasure(
+        loaded, method, list(prompt_pairs), config, list(retain), run_dir=out, resume=resume, progress=progress,
+        extra_config=extra, context=context, parallel=parallel,
+    )
+
+
 def erase(
     model: str | ScaleWiseModel = "tiny",
+    *,
     method: str = "s-vare",
     concepts: Sequence[str] = (),
     pairs: str | Path | Sequence[PromptPair] | None = None,
@@ -71,7 +170,7 @@ def erase(
     preset: str | None = None,
     resume: bool = False,
     progress: bool = True,
-    model_options: dict[str, Any] | None = None,
+    model_options: ModelOptions | Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
     parallel: str = "ddp",
     activation_checkpointing: bool = False,
@@ -84,49 +183,54 @@ def erase(
     ``config_file`` (YAML) set first;
     ``out`` is the run directory (``config.yaml``, ``edit.safetensors``, ``state/``, ``metrics.json``).
     ``parallel`` (under torchrun): ``ddp`` replicates the edit on every rank, ``fsdp`` shards it
-    (FSDP2), its deltas gathered in the ``autocast_dtype`` of ``model_options`` when one is set.
+    (FSDP2), its deltas gathered in the ``mixed_precision`` of ``model_options`` when one is set.
     ``activation_checkpointing`` recomputes each transformer block in backward instead of keeping
     its activations (less memory, about one more forward per step).
     """
-    if preset is None and model == "tiny" and has_preset(method, "tiny"):
-        preset = "tiny"  # settings tuned for the built-in model
-    config = method_config(method, preset, settings, str(config_file) if config_file else None)
-    prompt_pairs, retain = erasure_prompts(concepts, pairs)  # bad input fails before a model loads
-    parallel_config = ParallelConfig(parallel, param_dtype=(model_options or {}).get("autocast_dtype"))
-    context, options = _join_ranks(model_options)
-    loaded = resolve_model(model, **options)
-    loaded.set_activation_checkpointing(activation_checkpointing)
-    extra = {
-        "model": model if isinstance(model, str) else type(model).__name__, "concepts": list(concepts),
-        "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None, "preset": preset,
-        "parallel": asdict(parallel_config), "activation_checkpointing": activation_checkpointing,
-    }
-    return run_erasure(loaded, method, prompt_pairs, config, retain, run_dir=out, resume=resume, progress=progress, extra_config=extra, context=context, parallel=parallel_config)
+    method_config(method, preset_for(method, model, preset), settings, str(config_file) if config_file else None)  # bad settings fail before a model loads
+    prompt_pairs, retain = erasure_prompts(concepts, pairs)
+    options = ModelOptions.of(model_options)
+    parallel_config = ParallelConfig(parallel, param_dtype=options.mixed_precision)
+    context, options = _join_ranks(options)
+    loaded = resolve_model(model, options=options)
+    record = {"concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None}
+    return _erase_loaded(
+        loaded, model, method, prompt_pairs, retain, out=out, preset=preset, config_file=config_file, settings=settings, resume=resume,
+        progress=progress, context=context, parallel=parallel_config, activation_checkpointing=activation_checkpointing, record=record,
+    )
 
 
 @torch.no_grad()
 def generate(
     model: str | ScaleWiseModel = "tiny",
     prompts: Sequence[str] = (),
+    *,
     n: int = 1,
     seed: int = 0,
     edit: str | Path | None = None,
     batch_size: int = 64,
-    model_options: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    model_options: ModelOptions | Mapping[str, Any] | None = None,
     **sampling: Any,
 ) -> torch.Tensor:
     """``n`` images per prompt, ``[len(prompts)·n, 3, H, W]`` in [0, 1], prompt-major.
 
     Image ``j`` of prompt ``i`` uses seed ``seed + j``: the same seed gives the same image
-    whatever else is in the batch. ``sampling`` overrides cfg/temperature/top_k/top_p.
+    whatever else is in the batch. ``sampling`` overrides cfg/temperature/top_k/top_p. With
+    ``out`` the images are also written there as a PNG grid, one row per prompt.
     """
     if not prompts:
         raise ConfigError("give at least one prompt")
     if n < 1:
         raise ConfigError(f"n must be ≥ 1, got {n}")
-    loaded = resolve_model(model, edit, **(model_options or {}))
+    loaded = resolve_model(model, edit, model_options)
     rows = [(p, seed + j) for p in prompts for j in range(n)]
-    return loaded.generate_images([p for p, _ in rows], [s for _, s in rows], sampler_for(loaded, **sampling), batch_size)
+    images = loaded.generate_images([p for p, _ in rows], [s for _, s in rows], sampler_for(loaded, **sampling), batch_size)
+    if out is not None:
+        from varerase.imaging import save_grid
+
+        save_grid(images, out, columns=n, scale=max(1, 128 // images.shape[-1]))
+    return images
 
 
 def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | Path | None = None, max_per_group: int | None = None) -> dict:
@@ -145,6 +249,7 @@ def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | P
 
 def evaluate(
     model: str | ScaleWiseModel = "tiny",
+    *,
     edit: str | Path | None = None,
     concepts: Sequence[str] = (),
     prompts_file: str | Path | None = None,
@@ -157,7 +262,7 @@ def evaluate(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
-    model_options: dict[str, Any] | None = None,
+    model_options: ModelOptions | Mapping[str, Any] | None = None,
     **sampling: Any,
 ) -> dict:
     """Generate, detect and score; with ``edit``, compare the edited model against the original.
@@ -170,7 +275,7 @@ def evaluate(
 
     groups = evaluation_prompt_groups(concepts, prompts_file, max_per_group)
     context, options = _join_ranks(model_options)
-    loaded = resolve_model(model, **options)
+    loaded = resolve_model(model, options=options)
     scorer = load_detector(detector, list(concepts), clip_model, threshold)
     measured = list(concepts) or list(scorer.concepts)
     edited = load_edit(loaded, edit) if edit is not None else None
@@ -183,8 +288,16 @@ def evaluate(
     return metrics
 
 
+def report(run: str | Path) -> Path:
+    """Rebuild ``report.html`` in evaluation folder ``run`` from its ``metrics.json``; returns the report's path."""
+    from varerase.evaluation.report import build_report
+
+    return build_report(run)
+
+
 def attack(
     model: str | ScaleWiseModel = "tiny",
+    *,
     edit: str | Path | None = None,
     name: str = "paraphrase",
     concept: str = "circle",
@@ -193,7 +306,7 @@ def attack(
     clip_model: str | None = None,
     config: dict[str, Any] | None = None,
     progress: bool = True,
-    model_options: dict[str, Any] | None = None,
+    model_options: ModelOptions | Mapping[str, Any] | None = None,
 ):
     """Run attack ``name`` against the (edited) model; writes ``attack.json`` and images into ``out``.
 
@@ -203,13 +316,14 @@ def attack(
     from varerase.evaluation.detectors.registry import load_detector
 
     context, options = _join_ranks(model_options)
-    loaded = resolve_model(model, edit, **options)
+    loaded = resolve_model(model, edit, options)
     scorer = load_detector(detector, [concept], clip_model)
     return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress, context)
 
 
 def issa(
     model: str | ScaleWiseModel = "tiny",
+    *,
     edit: str | Path | None = None,
     concept: str = "circle",
     out: str | Path = "runs/issa",
@@ -217,7 +331,7 @@ def issa(
     max_pairs: int = 6,
     detector: str | None = "world",
     progress: bool = True,
-    model_options: dict[str, Any] | None = None,
+    model_options: ModelOptions | Mapping[str, Any] | None = None,
 ):
     """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``.
 
@@ -229,6 +343,117 @@ def issa(
     prompt_pairs = list(world_concept_prompts([concept]).pairs)
     chosen = prompt_pairs[:: max(1, len(prompt_pairs) // max_pairs)][:max_pairs]
     context, options = _join_ranks(model_options)
-    loaded = resolve_model(model, edit, **options)
+    loaded = resolve_model(model, edit, options)
     scorer = load_detector(detector, [concept]) if detector else None
     return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress, context)
+
+
+def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "runs/demo", steps: int | None = None, progress: bool = True):
+    """The main job: erase ``concept`` from the built-in model with ``method`` and measure before/after.
+
+    Writes the run (``out/run``), ``out/before_after.png`` and ``out/demo.json``; returns a
+    :class:`varerase.tiny.demo.DemoResult`. An existing ``out/run`` is resumed.
+    """
+    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.io import atomic_write_json
+    from varerase.tiny.demo import DemoResult, demo_prompts, measure_world_erasure, save_before_after
+
+    started = time.perf_counter()
+    out = Path(out)
+    pairs, retain, targets, others = demo_prompts(concept)
+    method_config(method, preset_for(method, "tiny", None), {"steps": steps})  # bad settings fail before any work
+    loaded = load_model("tiny")
+    detector = load_world_detector()
+    before = measure_world_erasure(loaded, concept, targets, others, detector)
+    result = _erase_loaded(
+        loaded, "tiny", method, pairs, retain, out=out / "run", settings={"steps": steps}, resume=(out / "run").exists(),
+        progress=progress, record={"concepts": [concept]},
+    )
+    after = measure_world_erasure(result.model, concept, targets, others, detector)
+    grid = save_before_after(before, after, out / "before_after.png")
+    outcome = DemoResult(concept, method, before.presence, after.presence, before.following, after.following, time.perf_counter() - started, grid)
+    atomic_write_json(vars(outcome), out / "demo.json")
+    return outcome
+
+
+def benchmark(
+    model: str | ScaleWiseModel = "tiny",
+    *,
+    concepts: Sequence[str] = ("circle", "red", "striped"),
+    methods: Sequence[str] = ("all",),
+    out: str | Path,
+    samples_per_prompt: int = 2,
+    max_per_group: int = 24,
+    preset: str | None = None,
+    progress: bool = True,
+    model_options: ModelOptions | Mapping[str, Any] | None = None,
+) -> list[dict]:
+    """Every method on every world concept: erase (``out/CONCEPT/METHOD``), then evaluate against the original.
+
+    ``preset`` applies to every method that has it (default: the preset rule of :func:`erase`).
+    Writes ``results.json``, ``results.md`` and ``tradeoff.png`` into ``out``; returns the rows
+    (:func:`varerase.evaluation.benchmark_table.benchmark_row`). Under torchrun the erasures use
+    DDP and the evaluations share their generation.
+    """
+    from varerase.evaluation.benchmark_table import benchmark_row, markdown_table, plot_tradeoff
+    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.evaluation.evaluate import evaluate as run_evaluation
+    from varerase.evaluation.prompts import world_prompt_groups
+    from varerase.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    methods = list(METHOD_NAMES) if list(methods) in (["all"], []) else list(methods)
+    for method in methods:
+        method_config(method, preset_for(method, model, preset))  # unknown names and presets fail before any work
+    world_concept_prompts(concepts)
+    context, options = _join_ranks(model_options)
+    progress = progress and context.is_main
+    loaded = resolve_model(model, options=options)
+    detector = load_world_detector()
+    rows = []
+    for concept in concepts:
+        prompts = world_concept_prompts([concept])
+        groups = world_prompt_groups([concept], max_per_group)
+        for method in methods:
+            run_dir = out / concept / method
+            result = _erase_loaded(
+                loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, preset=preset, resume=run_dir.exists(),
+                progress=progress, context=context, record={"concepts": [concept]},
+            )
+            metrics = run_evaluation(
+                result.model, groups, detector, loaded.default_sampler, samples_per_prompt, 48, 0, run_dir / "eval", [concept],
+                reference_model=loaded, progress=progress, context=context,
+            )
+            rows.append(benchmark_row(concept, method, metrics, result.metrics))
+            if context.is_main:
+                atomic_write_json(rows, out / "results.json")
+    if context.is_main:
+        atomic_write_text(markdown_table(rows), out / "results.md")
+        plot_tradeoff(rows, out / "tradeoff.png")
+    return rows
+
+
+def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path | None = None):
+    """The built-in model's quality table (held-out prompts, detector accuracy, speed) for ``model``
+    (``tiny`` or a folder written by ``train-tiny``, whose ``detector.safetensors`` is used unless
+    ``detector_path`` is given); returns a :class:`varerase.tiny.quality.QualityReport`."""
+    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.tiny.quality import measure_quality
+
+    if detector_path is None and isinstance(model, str) and model != "tiny":
+        detector_path = Path(model) / "detector.safetensors"
+    return measure_quality(resolve_model(model), load_world_detector(detector_path))
+
+
+def train_tiny(*, out: str | Path, seed: int = 0, transformer_steps: int = 3000, quick: bool = False, progress: bool = True):
+    """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out``; returns
+    ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny budgets (poor quality)."""
+    from varerase.tiny.train import TinyTrainingConfig
+    from varerase.tiny.train import train_tiny as run_training
+
+    if quick:
+        config = TinyTrainingConfig(seed=seed, train_images=2000, tokenizer_steps=50, detector_steps=50, transformer_steps=50)
+    else:
+        config = TinyTrainingConfig(seed=seed, transformer_steps=transformer_steps)
+    metrics = run_training(out, config, progress=progress)
+    return metrics, quality(str(out))

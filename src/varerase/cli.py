@@ -1,15 +1,19 @@
-"""The ``varerase`` command line (typer): a thin shell over :mod:`varerase.api`."""
+"""The ``varerase`` command line (typer): a thin shell over :mod:`varerase.api`, one api call per verb."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from varerase import api
 from varerase.config import parse_assignments
 from varerase.errors import VarEraseError
 
@@ -27,37 +31,64 @@ console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # never wrap: messages name files and lines
 
 MODEL_HELP = "Model: 'tiny' (built in), 'infinity-2b', 'infinity-8b', or a folder written by save_pretrained."
+METHOD_HELP = f"Erasure method: {', '.join(api.METHOD_NAMES)}."
+PRESET_HELP = (
+    f"Method settings preset: {', '.join(api.PRESET_NAMES)} ('reference': the official S-VARE settings; "
+    "'tiny': tuned on the built-in model, used by default with --model tiny)."
+)
+DETECTOR_HELP = f"Detector: {', '.join(api.detector_names())} (nudenet needs the extra varerase[nudity]; clip needs --clip-model)."
+PARALLEL_HELP = (
+    "Under torchrun: 'ddp' keeps the whole edit on every GPU; 'fsdp' shards the edit, its gradients and optimiser state "
+    "(FSDP2), for models whose edit does not fit (docs/distributed.md)."
+)
+CHECKPOINTING_HELP = (
+    "Recompute each transformer block in backward instead of keeping its activations: less GPU memory, about one more forward per step."
+)
+ATTACK_SET_HELP = (
+    "Attack budget/setting as KEY=VALUE, e.g. --set num_prompts=16 (attacks that start from target prompts: ring-a-bell, "
+    "unlearndiff, soft-prompt), --set steps=200 (soft-prompt), --set 'search={population: 128, generations: 100}' "
+    "(ring-a-bell); repeatable."
+)
+
+# The flags of every command that loads a model, declared once; a command receives them as one api.ModelOptions.
+MODEL_FLAGS: list[tuple[str, Any, Any]] = [
+    ("checkpoint", Optional[str], typer.Option(
+        None, "--checkpoint", help="Official transformer weights (.pth, safetensors folder or index); default: the hub file.",
+    )),
+    ("vae", Optional[str], typer.Option(None, "--vae", help="Official VAE weights (.pth); default: the hub file.")),
+    ("text_encoder", Optional[str], typer.Option(None, "--text-encoder", help="Flan-T5 hub id or local folder (default google/flan-t5-xl).")),
+    ("device", str, typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")),
+    ("mixed_precision", Optional[str], typer.Option(None, "--mixed-precision", help="bfloat16 or float16 autocast for the transformer.")),
+]
 
 
-def _is_main_rank() -> bool:
-    """False on every torchrun rank but 0: the others stay silent (rank 0 prints the summary)."""
-    from varerase.runtime.distributed import DistributedContext
+def with_model_flags(command: Callable) -> Callable:
+    """Give ``command`` the model flags; it receives them as one ``model_options: api.ModelOptions`` argument."""
+    signature = inspect.signature(command)
+    kept = [p for p in signature.parameters.values() if p.name != "model_options"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind) for name, kind, option in MODEL_FLAGS]
 
-    return DistributedContext.current().is_main
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        options = api.ModelOptions(**{name: kwargs.pop(name) for name, _, _ in MODEL_FLAGS})
+        return command(*args, model_options=options, **kwargs)
 
-
-def _model_options(checkpoint: Optional[str], vae: Optional[str], text_encoder: Optional[str], device: str, mixed_precision: Optional[str]) -> dict:
-    return {"checkpoint": checkpoint, "vae": vae, "text_encoder": text_encoder, "device": device, "autocast_dtype": mixed_precision}
-
-
-CheckpointOpt = typer.Option(None, "--checkpoint", help="Official transformer weights (.pth, safetensors folder or index); default: the hub file.")
-VaeOpt = typer.Option(None, "--vae", help="Official VAE weights (.pth); default: the hub file.")
-TextEncoderOpt = typer.Option(None, "--text-encoder", help="Flan-T5 hub id or local folder (default google/flan-t5-xl).")
-DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")
-PrecisionOpt = typer.Option(None, "--mixed-precision", help="bfloat16 or float16 autocast for the transformer.")
+    # typer reads the parameters from the signature and their types from the annotations.
+    wrapper.__signature__ = signature.replace(parameters=kept + added)
+    hints = {name: kind for name, kind in typing.get_type_hints(command).items() if name != "model_options"}
+    wrapper.__annotations__ = {**hints, **{name: kind for name, kind, _ in MODEL_FLAGS}}
+    return wrapper
 
 
 @app.command()
 def demo(
     concept: str = typer.Option("circle", "--concept", help="World concept to erase (a shape, colour or background)."),
-    method: str = typer.Option("s-vare", "--method", help="vare, s-vare or sace."),
+    method: str = typer.Option("s-vare", "--method", help=METHOD_HELP),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the run and the before/after grid go."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations (method default if unset)."),
 ) -> None:
     """The main job: erase a concept from the built-in model and show a before/after table and grid."""
-    from varerase.tiny.demo import run_demo
-
-    result = run_demo(concept, method, out, steps)
+    result = api.demo(concept=concept, method=method, out=out, steps=steps)
     table = Table(title=f"{method}: erasing '{concept}' from the built-in model")
     table.add_column("measure")
     table.add_column("before", justify="right")
@@ -69,13 +100,16 @@ def demo(
 
 
 @app.command()
+@with_model_flags
 def erase(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
-    method: str = typer.Option("s-vare", "--method", help="vare, s-vare or sace."),
+    method: str = typer.Option("s-vare", "--method", help=METHOD_HELP),
     concept: list[str] = typer.Option([], "--concept", help="A built-in world concept (repeat for multi-concept erasure)."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Prompt pairs: JSON/JSONL/CSV with original_prompt/modified_prompt or unsafe_prompt/safe_prompt."),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="Prompt pairs: JSON/JSONL/CSV with original_prompt/modified_prompt or unsafe_prompt/safe_prompt."
+    ),
     out: Path = typer.Option(..., "--out", "--output_dir", help="Run directory to create."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Method preset: 'reference' (official S-VARE settings), 'tiny' (default with --model tiny), 'default'."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method settings (flags override it)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
@@ -85,32 +119,26 @@ def erase(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between resumable states (default 50)."),
     settings: list[str] = typer.Option([], "--set", help="Any method setting as KEY=VALUE (e.g. --set rho=0.25 --set update=joint); repeatable."),
-    checkpoint: Optional[str] = CheckpointOpt,
-    vae: Optional[str] = VaeOpt,
-    text_encoder: Optional[str] = TextEncoderOpt,
-    device: str = DeviceOpt,
-    mixed_precision: Optional[str] = PrecisionOpt,
-    parallel: str = typer.Option("ddp", "--parallel", help="Under torchrun: 'ddp' keeps the whole edit on every GPU; 'fsdp' shards the edit, its gradients and optimiser state (FSDP2), for models whose edit does not fit (docs/distributed.md)."),
-    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", "--gradient_checkpointing", help="Recompute each transformer block in backward instead of keeping its activations: less GPU memory, about one more forward per step."),
+    parallel: str = typer.Option("ddp", "--parallel", help=PARALLEL_HELP),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", "--gradient_checkpointing", help=CHECKPOINTING_HELP),
+    model_options: api.ModelOptions = None,
 ) -> None:
     """Erase a concept: writes config.yaml, edit.safetensors, metrics.json and state/ into --out."""
-    from varerase import api
-
+    flags = dict(steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every)
     result = api.erase(
-        model, method, concept, pairs, out, preset=preset, resume=resume, config_file=config, parallel=parallel, activation_checkpointing=activation_checkpointing,
-        model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
-        **{**parse_assignments(settings), **{k: v for k, v in dict(
-            steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every,
-        ).items() if v is not None}},
+        model, method=method, concepts=concept, pairs=pairs, out=out, preset=preset, resume=resume, config_file=config,
+        parallel=parallel, activation_checkpointing=activation_checkpointing, model_options=model_options,
+        **{**parse_assignments(settings), **{k: v for k, v in flags.items() if v is not None}},
     )
     metrics = result.metrics
-    if not _is_main_rank():
+    if not api.is_main_process():
         return
     console.print(f"[green]done[/green]: {metrics['steps']} steps in {metrics['wall_seconds']:.1f} s, "
                   f"{metrics['forward_tokens']:,} forward tokens → {out / 'edit.safetensors'}")
 
 
 @app.command()
+@with_model_flags
 def generate(
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="Prompt (repeat for several)."),
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
@@ -122,30 +150,24 @@ def generate(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k per unit (0: off)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Top-p per unit (0: off)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),
-    checkpoint: Optional[str] = CheckpointOpt,
-    vae: Optional[str] = VaeOpt,
-    text_encoder: Optional[str] = TextEncoderOpt,
-    device: str = DeviceOpt,
-    mixed_precision: Optional[str] = PrecisionOpt,
+    model_options: api.ModelOptions = None,
 ) -> None:
     """Generate images and save them as a grid."""
-    from varerase import api
-    from varerase.imaging import save_grid
-
-    images = api.generate(model, prompt, n=n, seed=seed, edit=edit, model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision), cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature)
-    scale = max(1, 128 // images.shape[-1])
-    save_grid(images, out, columns=n, scale=scale)
+    images = api.generate(
+        model, prompt, n=n, seed=seed, edit=edit, out=out, model_options=model_options, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+    )
     console.print(f"wrote {len(images)} images to {out}")
 
 
 @app.command()
+@with_model_flags
 def evaluate(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of an erasure: compare edited vs original."),
     concept: list[str] = typer.Option([], "--concept", help="World concept(s) to measure (built-in model)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt CSV (I2P, Six-CD or COCO-30k columns)."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, grids and report.html."),
-    detector: str = typer.Option("world", "--detector", help="world, nudenet (extra varerase[nudity]) or clip."),
+    detector: str = typer.Option("world", "--detector", help=DETECTOR_HELP),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Detector threshold (detector default if unset)."),
     samples: int = typer.Option(2, "--samples", help="Images per prompt."),
@@ -153,20 +175,14 @@ def evaluate(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per generation batch."),
     seed: int = typer.Option(0, "--seed", help="Base seed (prompts with their own seed keep it)."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
-    checkpoint: Optional[str] = CheckpointOpt,
-    vae: Optional[str] = VaeOpt,
-    text_encoder: Optional[str] = TextEncoderOpt,
-    device: str = DeviceOpt,
-    mixed_precision: Optional[str] = PrecisionOpt,
+    model_options: api.ModelOptions = None,
 ) -> None:
     """Evaluate a model (or an edit against its original): presence, erasure, prompt-following, FID/KID, report."""
-    from varerase import api
-
     metrics = api.evaluate(
-        model, edit, concept, prompts, out, detector, clip_model, threshold, samples, max_per_group, batch_size, seed,
-        model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision), cfg=cfg,
+        model, edit=edit, concepts=concept, prompts_file=prompts, out=out, detector=detector, clip_model=clip_model, threshold=threshold,
+        samples_per_prompt=samples, max_per_group=max_per_group, batch_size=batch_size, seed=seed, model_options=model_options, cfg=cfg,
     )
-    if not _is_main_rank():
+    if not api.is_main_process():
         return
     sections = [s for s in ("before", "after", "model") if s in metrics]
     table = Table(title="concept presence per prompt group")
@@ -186,35 +202,28 @@ def evaluate(
 @app.command()
 def report(run: Path = typer.Argument(..., help="An evaluation folder holding metrics.json.")) -> None:
     """Rebuild report.html from a saved evaluation."""
-    from varerase.evaluation.report import build_report
-
-    console.print(f"wrote {build_report(run)}")
+    console.print(f"wrote {api.report(run)}")
 
 
 @app.command()
+@with_model_flags
 def attack(
-    attack_name: str = typer.Option("paraphrase", "--attack", help="paraphrase, ring-a-bell, unlearndiff or soft-prompt."),
+    attack_name: str = typer.Option("paraphrase", "--attack", help=f"Attack: {', '.join(api.attack_names())}."),
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of the erasure to attack."),
     concept: str = typer.Option("circle", "--concept", help="The erased concept to bring back."),
     out: Path = typer.Option(..., "--out", help="Folder for attack.json and images."),
-    detector: str = typer.Option("world", "--detector", help="world, nudenet or clip."),
+    detector: str = typer.Option("world", "--detector", help=DETECTOR_HELP),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
-    budget: list[str] = typer.Option([], "--set", help="Attack budget/setting as KEY=VALUE, e.g. --set num_prompts=16 (attacks that start from target prompts: ring-a-bell, unlearndiff, soft-prompt), --set steps=200 (soft-prompt), --set 'search={population: 128, generations: 100}' (ring-a-bell); repeatable."),
-    checkpoint: Optional[str] = CheckpointOpt,
-    vae: Optional[str] = VaeOpt,
-    text_encoder: Optional[str] = TextEncoderOpt,
-    device: str = DeviceOpt,
-    mixed_precision: Optional[str] = PrecisionOpt,
+    budget: list[str] = typer.Option([], "--set", help=ATTACK_SET_HELP),
+    model_options: api.ModelOptions = None,
 ) -> None:
     """Try to bring an erased concept back; reports the attack success rate (ASR) and the prompts found."""
-    from varerase import api
-
     result = api.attack(
-        model, edit, attack_name, concept, out, detector, clip_model, config=parse_assignments(budget) or None,
-        model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision),
+        model, edit=edit, name=attack_name, concept=concept, out=out, detector=detector, clip_model=clip_model,
+        config=parse_assignments(budget) or None, model_options=model_options,
     )
-    if not _is_main_rank():
+    if not api.is_main_process():
         return
     console.print(f"{attack_name}: ASR {result.asr:.0%} over {len(result.prompts)} prompts → {out}")
 
@@ -224,6 +233,7 @@ app.add_typer(analyze_app, name="analyze")
 
 
 @analyze_app.command("issa")
+@with_model_flags
 def analyze_issa(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of an erasure to analyse instead of the original."),
@@ -231,17 +241,11 @@ def analyze_issa(
     out: Path = typer.Option(..., "--out", help="Folder for issa.json, the plot and image strips."),
     seeds: int = typer.Option(8, "--seeds", help="Seeds per prompt pair."),
     pairs: int = typer.Option(6, "--pairs", help="Prompt pairs (evenly spaced over the concept's pairs)."),
-    checkpoint: Optional[str] = CheckpointOpt,
-    vae: Optional[str] = VaeOpt,
-    text_encoder: Optional[str] = TextEncoderOpt,
-    device: str = DeviceOpt,
-    mixed_precision: Optional[str] = PrecisionOpt,
+    model_options: api.ModelOptions = None,
 ) -> None:
     """ISSA: switch the prompt at each scale and see where the concept enters (METHODS.md §5)."""
-    from varerase import api
-
-    result = api.issa(model, edit, concept, out, seeds, pairs, model_options=_model_options(checkpoint, vae, text_encoder, device, mixed_precision))
-    if not _is_main_rank():
+    result = api.issa(model, edit=edit, concept=concept, out=out, seeds=seeds, max_pairs=pairs, model_options=model_options)
+    if not api.is_main_process():
         return
     table = Table(title=f"ISSA for '{concept}'")
     for column in ("switch scale k", "P(k)", "S_k", "KL(c_u‖c_a)"):
@@ -254,22 +258,25 @@ def analyze_issa(
 
 
 @app.command()
+@with_model_flags
 def benchmark(
     model: str = typer.Option("tiny", "--model", help="Model (the benchmark's prompt groups are the built-in world's)."),
     concepts: str = typer.Option("circle,red,striped", "--concepts", help="Comma-separated world concepts."),
-    methods: str = typer.Option("all", "--methods", help="Comma-separated methods, or 'all'."),
+    methods: str = typer.Option("all", "--methods", help=f"Comma-separated methods ({', '.join(api.METHOD_NAMES)}), or 'all'."),
     out: Path = typer.Option(..., "--out", help="Folder for runs, results.md/json and tradeoff.png."),
     samples: int = typer.Option(2, "--samples", help="Images per prompt."),
     max_per_group: int = typer.Option(24, "--max-per-group", help="Prompts per group (evenly spaced)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    model_options: api.ModelOptions = None,
 ) -> None:
     """Every method on the same concepts: erasure, preservation, FID/KID, time, compute — one table."""
-    from varerase.api import resolve_model
-    from varerase.benchmark import markdown_table, run_benchmark
-
-    rows = run_benchmark(resolve_model(model), concepts.split(","), methods.split(","), out, samples, max_per_group)
-    if not _is_main_rank():
+    rows = api.benchmark(
+        model, concepts=concepts.split(","), methods=methods.split(","), out=out, samples_per_prompt=samples,
+        max_per_group=max_per_group, preset=preset, model_options=model_options,
+    )
+    if not api.is_main_process():
         return
-    console.print(markdown_table(rows))
+    console.print((out / "results.md").read_text(encoding="utf-8") if rows else "no rows")
     console.print(f"results: {out / 'results.md'}, plot: {out / 'tradeoff.png'}")
 
 
@@ -281,26 +288,11 @@ def train_tiny(
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
 ) -> None:
     """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table."""
-    from varerase.tiny.train import TinyTrainingConfig
-    from varerase.tiny.train import train_tiny as run
-
-    config = TinyTrainingConfig(seed=seed, transformer_steps=transformer_steps)
-    if quick:
-        config = TinyTrainingConfig(seed=seed, train_images=2000, tokenizer_steps=50, detector_steps=50, transformer_steps=50)
-    run(out, config)
-    _print_quality(out)
-
-
-def _print_quality(model_dir: Path) -> None:
-    from varerase.evaluation.detectors.world_detector import WorldDetector
-    from varerase.models.registry import load_model
-    from varerase.tiny.quality import measure_quality
-
-    report = measure_quality(load_model(str(model_dir)), WorldDetector.load(model_dir / "detector.safetensors"))
+    _, quality = api.train_tiny(out=out, seed=seed, transformer_steps=transformer_steps, quick=quick)
     table = Table(title="built-in model quality (held-out prompts)")
     for column in ("measure", "value", "bar", "verdict"):
         table.add_column(column)
-    for row in report.rows():
+    for row in quality.rows():
         table.add_row(*row)
     console.print(table)
 

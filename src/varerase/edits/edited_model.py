@@ -74,8 +74,8 @@ class EditedModel(ScaleWiseModel):
     def scope(self) -> EditScope:
         return self.edit.config.scope
 
-    def encode_text(self, prompts: Sequence[str]) -> TextCondition:
-        return self.base.encode_text(prompts)
+    def encode_text(self, prompts: Sequence[str], cache: bool = True) -> TextCondition:
+        return self.base.encode_text(prompts, cache)
 
     def _encode_text_uncached(self, prompts: list[str]) -> TextCondition:
         return self.base._encode_text_uncached(prompts)

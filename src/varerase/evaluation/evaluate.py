@@ -27,15 +27,13 @@ import torchmetrics
 import varerase
 from varerase.errors import ConfigError
 from varerase.evaluation.detectors.base import ConceptDetector
-from varerase.evaluation.detectors.world_detector import WorldDetector
 from varerase.evaluation.metrics import (
     FeatureDistances,
-    attribute_hits,
     clip_cosines,
     clip_score,
-    concept_presence,
     erasure,
     feature_diversity,
+    presence_fractions,
     prompt_following,
 )
 from varerase.evaluation.prompts import EvalPrompt
@@ -91,8 +89,9 @@ class _GroupResults:
             row_scores = {c: round(float(scores[c][i]), 4) for c in self.concepts}
             detected = [c for c in self.concepts if scores[c][i] >= detector.threshold]
             self.rows.append({"prompt": prompt, "seed": seed, "scores": row_scores, "detected": detected})
-        if isinstance(detector, WorldDetector):
-            self.hits += attribute_hits(detector, images, prompts)
+        hits = detector.attribute_hits(images, prompts)
+        if hits is not None:
+            self.hits += hits
         if hasattr(detector, "text_embeddings"):
             self.cosines.append(clip_cosines(detector, images, prompts))
         features = None
@@ -107,7 +106,7 @@ class _GroupResults:
     def summary(self, detector: ConceptDetector, grid: str | None) -> dict:
         out: dict = {
             "num_images": len(self.rows),
-            "presence": concept_presence({c: torch.cat(f) for c, f in self.flags.items()}),
+            "presence": presence_fractions({c: torch.cat(f) for c, f in self.flags.items()}),
         }
         if self.hits:
             out["prompt_following"] = prompt_following(self.hits)
@@ -181,7 +180,9 @@ def _distances(distances: FeatureDistances) -> dict:
 
 
 @torch.no_grad()
-def generate_batches_sharded(model: ScaleWiseModel, batches: Sequence[tuple[list[str], list[int]]], sampler: SamplerConfig, context: DistributedContext) -> list[torch.Tensor | None]:
+def generate_batches_sharded(
+    model: ScaleWiseModel, batches: Sequence[tuple[list[str], list[int]]], sampler: SamplerConfig, context: DistributedContext
+) -> list[torch.Tensor | None]:
     """Images ``[B, 3, H, W]`` of each ``(prompts, seeds)`` batch (None without a decoder).
 
     Under torchrun each rank draws whole batches (rank r: batches r, r+N, …, :func:`map_sharded`)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from varerase.data.pairs import PromptPair
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import concept_presence, resolve_concept
 from varerase.evaluation.detectors.base import ConceptDetector
+from varerase.evaluation.scoring import resolve_concept, scores_and_presence
 from varerase.imaging import save_grid
 from varerase.io import atomic_write_bytes, atomic_write_json
 from varerase.models.base import ConditionSwitch, SamplerConfig, ScaleWiseModel, TextCondition
@@ -197,7 +197,7 @@ def switch_rows(
         if k == 0:
             maps_u = generation.maps
         if detector is not None:
-            scores_k, present_k = concept_presence(detector, generation.images, concept)
+            scores_k, present_k = scores_and_presence(detector, generation.images, concept)
             scores.append(scores_k)
             present.append(present_k)
         columns.append(_downscale(generation.images))

@@ -3,8 +3,9 @@ score, FID/KID in a detector's feature space, feature diversity.
 
 * **Presence** ``P(c)``: the fraction of images in which a detector finds concept ``c``.
   **Erasure** is ``P_before(c) − P_after(c)``, always reported with both values.
-* **Prompt following** (built-in world): an image follows its prompt when the world detector
-  predicts every attribute the prompt names.
+* **Prompt following** (detectors that judge attributes, ``ConceptDetector.attribute_hits``: the
+  world detector): an image follows its prompt when the detector sees every attribute the
+  prompt names.
 * **CLIP score**: ``max(100·cos(image, prompt), 0)`` averaged, reported beside the plain mean
   cosine and the CLIP backbone, since papers disagree on the scale (~30 vs ~0.30).
 * **FID / KID**: torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` on
@@ -24,8 +25,9 @@ from typing import Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-from varerase.data.world import ATTRIBUTES, KINDS, parse_attributes
-from varerase.evaluation.detectors.world_detector import WorldDetector
+from varerase.data.world import KINDS
+from varerase.errors import ConfigError
+from varerase.evaluation.detectors.base import ConceptDetector
 
 
 class FeatureEmbedder(Protocol):
@@ -54,7 +56,7 @@ class ImageTextEmbedder(Protocol):
 # Presence and erasure
 
 
-def concept_presence(detected: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def presence_fractions(detected: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """``{concept: bool [N]}`` (``ConceptDetector.detect`` output, possibly concatenated over
     batches) → ``{concept: fraction of the N images where it was found}``."""
     return {concept: float(flags.float().mean()) if flags.numel() else 0.0 for concept, flags in detected.items()}
@@ -67,19 +69,18 @@ def erasure(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompt following (built-in world)
+# Prompt following (detectors that judge attributes: the built-in world's)
 
 
-def attribute_hits(detector: WorldDetector, images: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, bool]]:
-    """Per image, ``{kind: whether the detector predicts the value its prompt names}`` for the
-    kinds (shape, colour, background) that prompt names. ``images``: ``[B, 3, H, W]``."""
-    if len(prompts) != len(images):
-        raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
-    predicted = detector.predict(images)
-    hits = []
-    for i, prompt in enumerate(prompts):
-        named = parse_attributes(prompt)
-        hits.append({kind: ATTRIBUTES[kind][int(predicted[kind][i])] == value for kind, value in named.items()})
+def attribute_hits(detector: ConceptDetector, images: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, bool]]:
+    """Per image, ``{kind: whether the detector sees the value its prompt names}`` for the
+    kinds (shape, colour, background) that prompt names. ``images``: ``[B, 3, H, W]``.
+
+    ConfigError for a detector that cannot judge attributes (``ConceptDetector.attribute_hits``).
+    """
+    hits = detector.attribute_hits(images, prompts)
+    if hits is None:
+        raise ConfigError(f"detector {detector.name!r} cannot judge prompt following; use the world detector")
     return hits
 
 

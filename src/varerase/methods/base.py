@@ -1,86 +1,40 @@
-"""The :class:`Eraser` interface every method implements, and the settings they share."""
+"""The :class:`Eraser` interface every method implements, and the eraser families methods share.
+
+* :class:`AuxiliaryTokenEraser` — trained on the anchors' auxiliary tokens (VARE, S-VARE);
+* :class:`OwnGenerationEraser` — trained on the frozen model's own generations for the targets (naive, ESD).
+"""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
-from varerase.config import dataclass_from_dict
 from varerase.data.pairs import PromptPair
-from varerase.edits.delta import EditConfig, ParameterEdit
+from varerase.edits.delta import ParameterEdit
 from varerase.edits.edited_model import EditedModel
 from varerase.errors import ConfigError
-from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
+from varerase.methods.config import MethodConfig
+from varerase.methods.teacher_cache import TeacherCache
+from varerase.models.base import ScaleWiseModel, TextCondition
 from varerase.runtime.distributed import DistributedContext
-from varerase.training.trainer import TrainerConfig, UpdateFn, step_generator
-
-
-@dataclass
-class MethodConfig:
-    """Settings every method has. Subclasses add their own and may change defaults.
-
-    ``generation_cfg``, ``top_k``/``top_p`` and ``aux_seed`` fix how the frozen model generates
-    auxiliary tokens (METHODS.md §1; reference: CFG 4, temperature 1, seed 42).
-    """
-
-    steps: int = 200
-    lr: float = 1e-4
-    batch_size: int = 2
-    seed: int = 42
-    groups: list[str] = field(default_factory=lambda: ["cross_attn", "ffn"])
-    lora_rank: int = 0
-    lora_alpha: float | None = None
-    betas: tuple[float, float] = (0.9, 0.97)
-    weight_decay: float = 0.005
-    grad_clip: float = 5.0
-    checkpoint_every: int = 50
-    generation_cfg: float = 4.0
-    top_k: int = 0
-    top_p: float = 0.0
-    aux_seed: int = 42
-    samples_per_pair: int = 1
-
-    def __post_init__(self) -> None:
-        self.groups = list(self.groups)
-        self.betas = tuple(self.betas)
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if self.samples_per_pair < 1:
-            raise ConfigError(f"samples_per_pair must be ≥ 1, got {self.samples_per_pair}")
-        if self.generation_cfg < 0:
-            raise ConfigError(f"generation_cfg must be ≥ 0, got {self.generation_cfg}")
-
-    def trainer_config(self) -> TrainerConfig:
-        return TrainerConfig(
-            steps=self.steps, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
-            grad_clip=self.grad_clip, seed=self.seed, checkpoint_every=self.checkpoint_every,
-        )
-
-    def aux_sampler(self) -> SamplerConfig:
-        return SamplerConfig(cfg=self.generation_cfg, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> "MethodConfig":
-        """Build from a flat dict: unknown keys and ill-typed values are ConfigErrors naming them."""
-        return dataclass_from_dict(cls, values, source or cls.__name__)
+from varerase.training.trainer import UpdateFn, step_generator
 
 
 class Eraser(abc.ABC):
     """A concept-erasure method: owns an edit of a frozen model and the losses that train it.
 
     ``pairs`` are ``(target c_u, anchor c_a)`` prompt pairs; ``retain_prompts`` are benign prompts
-    some methods preserve. ``cache_dir`` holds the teacher cache (auxiliary tokens). ``context``:
-    the ranks training together (default: this process alone); each draws its slice of every batch.
+    some methods preserve. ``config`` is the run's settings tree (of :attr:`config_class`); its
+    ``edit`` section says what the edit changes. ``cache_dir`` holds the teacher cache (auxiliary
+    tokens). ``context``: the ranks training together (default: this process alone); each draws
+    its slice of every batch.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    edit_scope: ClassVar[str] = "all"
-    trains: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -101,13 +55,9 @@ class Eraser(abc.ABC):
         self.cache_dir = cache_dir
         self.progress = progress
         self.context = context or DistributedContext()
-        self.edit = ParameterEdit(model, self.edit_config())
+        self.edit = ParameterEdit(model, config.edit)
         self.edited = EditedModel(model, self.edit)
         self.forward_tokens = 0  # token positions pushed through the transformer by training steps
-
-    def edit_config(self) -> EditConfig:
-        """What this method's edit changes (groups, LoRA, scope), from :attr:`config`."""
-        return EditConfig(self.config.groups, self.config.lora_rank, self.config.lora_alpha, self.edit_scope)
 
     def prepare(self) -> None:
         """One-time work before training (teacher caches, frozen targets)."""
@@ -136,18 +86,57 @@ class Eraser(abc.ABC):
         return self.seeded_requests([p.anchor for p in self.pairs])
 
     def encode(self, prompts: Sequence[str]) -> TextCondition:
+        """The frozen model's text condition of ``prompts`` (features ``[B, T, C]``, mask ``[B, T]``)."""
         return self.model.encode_text(list(prompts))
 
     def count_teacher_forced(self, batch: int) -> None:
+        """Count one teacher-forced pass of ``batch`` rows (all ``L`` positions each)."""
         self.forward_tokens += batch * self.model.num_tokens
 
     def count_first_scale(self, batch: int) -> None:
+        """Count one scale-0 pass of ``batch`` rows (one position each)."""
         self.forward_tokens += batch
 
     def edited_model(self) -> EditedModel:
+        """The frozen model with this method's edit applied."""
         return self.edited
 
     def replace_edit(self, edit: ParameterEdit) -> None:
         """Continue with ``edit`` (same config and parameters) in place of :attr:`edit`, e.g. after training it sharded."""
         self.edit = edit
         self.edited = EditedModel(self.model, edit)
+
+
+class AuxiliaryTokenEraser(Eraser):
+    """Methods trained on the anchors' auxiliary tokens, generated once by the frozen model (VARE, S-VARE)."""
+
+    def prepare(self) -> None:
+        """Generate (or read back) the auxiliary tokens of every request in :meth:`aux_requests`."""
+        self.cache = TeacherCache(self.model, self.config.aux_sampler(), self.cache_dir)
+        self.requests = self.aux_requests()
+        self.cache.fill(self.requests, progress=self.progress)
+
+    def batch(self, index: int) -> tuple[list[PromptPair], list[torch.Tensor], torch.Tensor]:
+        """Step ``index``'s pairs, their auxiliary maps ``[B, h, w, d]`` per scale and teacher logits ``z^a`` ``[B, L, d, 2]``."""
+        chosen = self.sample_indices(index, len(self.requests))
+        per_pair = self.config.samples_per_pair
+        pairs = [self.pairs[i // per_pair] for i in chosen]
+        maps, teacher_logits = self.cache.batch([self.requests[i] for i in chosen])
+        return pairs, maps, teacher_logits
+
+
+class OwnGenerationEraser(AuxiliaryTokenEraser):
+    """Methods trained on the frozen model's own generations ``r^u`` for the *target* prompts (naive, ESD).
+
+    The same cache as §1's auxiliary tokens (same sampler and seeds), asked for targets, not anchors.
+    """
+
+    def aux_requests(self) -> list[tuple[str, int]]:
+        """Every ``(target prompt, seed)`` whose generation training uses."""
+        return self.seeded_requests([p.target for p in self.pairs])
+
+    def generations(self, index: int) -> tuple[list[int], list[str], list[torch.Tensor]]:
+        """Step ``index``'s request indices, their target prompts and maps ``[B, h, w, d]`` per scale."""
+        chosen = self.sample_indices(index, len(self.requests))
+        maps, _ = self.cache.batch([self.requests[i] for i in chosen])
+        return chosen, [self.requests[i][0] for i in chosen], maps

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from varerase.methods.base import MethodConfig
+from varerase.methods.base import OwnGenerationEraser
+from varerase.methods.config import MethodConfig
 from varerase.methods.losses import esd_loss, esd_target
-from varerase.methods.naive import OwnGenerationEraser
 from varerase.training.trainer import UpdateFn
 
 

@@ -8,28 +8,9 @@ baseline that shows erasure without a target or preservation collapses generatio
 
 from __future__ import annotations
 
-import torch
-
+from varerase.methods.base import OwnGenerationEraser
 from varerase.methods.losses import flatten_maps, naive_ascent_loss
-from varerase.methods.vare import AuxiliaryTokenEraser
 from varerase.training.trainer import UpdateFn
-
-
-class OwnGenerationEraser(AuxiliaryTokenEraser):
-    """Methods trained on the frozen model's own generations ``r^u`` for the *target* prompts (naive, ESD).
-
-    The same cache as §1's auxiliary tokens (same sampler and seeds), asked for targets, not anchors.
-    """
-
-    def aux_requests(self) -> list[tuple[str, int]]:
-        """Every ``(target prompt, seed)`` whose generation training uses."""
-        return self.seeded_requests([p.target for p in self.pairs])
-
-    def generations(self, index: int) -> tuple[list[int], list[str], list[torch.Tensor]]:
-        """Step ``index``'s request indices, their target prompts and maps ``[B, h, w, d]`` per scale."""
-        chosen = self.sample_indices(index, len(self.requests))
-        maps, _ = self.cache.batch([self.requests[i] for i in chosen])
-        return chosen, [self.requests[i][0] for i in chosen], maps
 
 
 class NaiveFineTuning(OwnGenerationEraser):

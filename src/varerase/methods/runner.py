@@ -20,8 +20,8 @@ from varerase.edits.edited_model import EditedModel
 from varerase.edits.file_format import save_edit
 from varerase.errors import ConfigError
 from varerase.io import atomic_write_json, atomic_write_yaml
-from varerase.methods.base import MethodConfig
-from varerase.methods.registry import eraser_class
+from varerase.methods.config import MethodConfig
+from varerase.methods.registry import registered_method
 from varerase.models.base import ScaleWiseModel
 from varerase.runtime.distributed import DistributedContext
 from varerase.training.parallel import ParallelConfig, gather_edit, shard_edit
@@ -67,10 +67,12 @@ def run_erasure(
     context: DistributedContext | None = None,
     parallel: ParallelConfig | None = None,
 ) -> ErasureResult:
-    """Erase with ``method`` and write the run directory (if given); see module docstring.
+    """Erase with ``method`` under ``config`` (its settings tree) and write the run directory (if given); see module docstring.
 
-    ``resume=True`` continues an interrupted run from its last saved state and ends with the
-    same edit as an uninterrupted run. ``cache_dir`` defaults to ``run_dir/teacher_cache``.
+    ``config`` is a config of ``method``'s config class (:func:`~varerase.methods.registry.method_config`);
+    one without a ``training`` section (UCE) computes its edit in ``prepare()``. ``resume=True``
+    continues an interrupted run from its last saved state and ends with the same edit as an
+    uninterrupted run. ``cache_dir`` defaults to ``run_dir/teacher_cache``.
     ``context`` defaults to the processes torchrun started (this one alone without torchrun);
     ``parallel`` says how they share the edit (default DDP; ``fsdp`` shards it, see
     docs/distributed.md).
@@ -79,8 +81,12 @@ def run_erasure(
     parallel = parallel or ParallelConfig()
     context.check_device(model)
     progress = progress and context.is_main
-    trainer_config = config.trainer_config() if eraser_class(method).trains else None  # bad settings stop here, before any file
-    if trainer_config is not None:
+    registered = registered_method(method)
+    if not isinstance(config, registered.config_class):  # bad settings stop here, before any file
+        wanted = registered.config_class.__name__
+        raise ConfigError(f"method {method!r} takes a {wanted}, got a {type(config).__name__}; build it with method_config({method!r}, …)")
+    trains = config.training is not None
+    if trains:
         check_batches_split(config, context)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
@@ -93,10 +99,10 @@ def run_erasure(
             cache_dir = run_dir / "teacher_cache"
     context.barrier()  # every rank has read the run directory's status before rank 0 writes to it
     seed_everything(config.seed)
-    eraser = eraser_class(method)(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress, context=context)
+    eraser = registered.eraser(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress, context=context)
     resolved = {
         "method": method,
-        "method_config": asdict(config),
+        "method_config": config.to_dict(),
         "model_fingerprint": model.fingerprint(),
         "pairs": [asdict(p) for p in pairs],
         "retain_prompts": list(retain_prompts),
@@ -112,11 +118,11 @@ def run_erasure(
     eraser.prepare()
     prepare_seconds = time.perf_counter() - started
     history, resumed_from = [], 0
-    if eraser.trains:  # closed-form methods (UCE) finish their edit in prepare()
+    if trains:  # closed-form methods (UCE) finish their edit in prepare()
         sharded = context.is_distributed and parallel.strategy == "fsdp"
         if sharded:  # before the optimiser exists: FSDP2 replaces the parameters by their shards
             shard_edit(eraser.edit, list(eraser.edit.parts.values()), parallel)
-        trainer = Trainer(eraser.edit, trainer_config, run_dir, progress=progress, context=context)
+        trainer = Trainer(eraser.edit, config.training, run_dir, progress=progress, context=context)
         resumed_from = trainer.step if resume and trainer.load_state() else 0
         # DDP wraps the edit after it is loaded, for training only: later uses of the edited model
         # (evaluation on one rank, say) must not wait for the other ranks' gradients.
@@ -128,7 +134,7 @@ def run_erasure(
     seconds = time.perf_counter() - started
     metrics = {
         "method": method,
-        "steps": config.steps if eraser.trains else 0,
+        "steps": config.training.steps if trains else 0,
         "resumed_from_step": resumed_from,
         "wall_seconds": round(seconds, 3),
         "prepare_seconds": round(prepare_seconds, 3),

@@ -4,9 +4,10 @@ The SACE paper publishes its ideas, not its formulas or code: this file is our s
 its three components. Every loss looks at scale-0 logits only (one position per prompt), and the
 edit is a scale-gated adapter (``EditedModel`` scope ``scale0``): the edited weights produce only
 the first token map's distribution; all later scales, and the keys/values they attend to, come
-from the original weights. ``context: adapted`` (§4's comparison option) lets later scales attend
-to the start position as the edited weights compute it; training is the same either way (every
-loss looks at scale 0 only), only what the edited model generates differs.
+from the original weights. ``context: adapted`` (§4's comparison option; the edit's
+``start_context``) lets later scales attend to the start position as the edited weights compute
+it; training is the same either way (every loss looks at scale 0 only), only what the edited
+model generates differs.
 
 Decisions where §4 leaves room:
 
@@ -20,34 +21,32 @@ Decisions where §4 leaves room:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
-from varerase.edits.delta import EditConfig, StartContext
-from varerase.errors import ConfigError
-from varerase.methods.base import Eraser, MethodConfig
+from varerase.edits.delta import EditConfig
+from varerase.methods.base import Eraser
+from varerase.methods.config import MethodConfig
 from varerase.methods.losses import guided, sace_erasure_loss, sace_erasure_target, sace_restoration_loss
 from varerase.models.base import TextCondition
-from varerase.training.trainer import UpdateFn
+from varerase.training.trainer import TrainerConfig, UpdateFn
 
 
 @dataclass
 class SACEConfig(MethodConfig):
-    steps: int = 150
-    lr: float = 1e-3
+    """SACE's settings; ``context`` is another name of ``edit.start_context`` (see module docstring)."""
+
+    edit_scope = "scale0"
+    aliases = {"context": "start_context"}
+
+    training: TrainerConfig = field(default_factory=lambda: TrainerConfig(steps=150, lr=1e-3))
+    edit: EditConfig = field(default_factory=lambda: EditConfig(groups=["cross_attn", "ffn", "start_token"], scope="scale0"))
     batch_size: int = 8
-    groups: list[str] = field(default_factory=lambda: ["cross_attn", "ffn", "start_token"])
     eta: float = 0.0  # push away from the target: t = z(c_a) − η (z(c_u) − z(c_a))
     beta: float = 1.0  # entropy hinge weight
     restoration_weight: float = 1.0  # λ_R
     benign_batch_size: int = 8
-    context: StartContext = "original"  # start position's keys/values for later scales: original or adapted weights
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.context not in ("original", "adapted"):
-            raise ConfigError(f"context must be 'original' or 'adapted', got {self.context!r}")
 
 
 class SACE(Eraser):
@@ -55,10 +54,6 @@ class SACE(Eraser):
 
     name = "sace"
     config_class = SACEConfig
-    edit_scope = "scale0"
-
-    def edit_config(self) -> EditConfig:
-        return replace(super().edit_config(), start_context=self.config.context)
 
     @torch.no_grad()
     def _frozen_first_scale(self, cond: TextCondition) -> torch.Tensor:

@@ -9,14 +9,14 @@ drawn from a generator seeded by the step (so resumed runs replay it). Drop-path
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from varerase.errors import ConfigError
-from varerase.methods.base import MethodConfig
+from varerase.methods.base import AuxiliaryTokenEraser
+from varerase.methods.config import MethodConfig
 from varerase.methods.losses import filtered_cross_entropy, filtered_token_mask, flatten_maps, svare_preservation
-from varerase.methods.vare import AuxiliaryTokenEraser
 from varerase.models.base import TextCondition
 from varerase.training.trainer import UpdateFn, step_generator
 
@@ -38,12 +38,11 @@ class SVAREConfig(MethodConfig):
             raise ConfigError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
 
-def svare_reference_preset() -> SVAREConfig:
-    """The official S-VARE settings for Infinity-2B (METHODS.md §3)."""
-    return SVAREConfig(
-        steps=500, lr=2.34e-5, batch_size=2, seed=42, groups=["cross_attn", "ffn"], betas=(0.9, 0.97),
-        weight_decay=0.005, grad_clip=5.0, generation_cfg=4.0, aux_seed=42, condition_dropout=0.1,
-    )
+# The official S-VARE settings for Infinity-2B (METHODS.md §3), flat.
+REFERENCE_PRESET: dict[str, Any] = {
+    "steps": 500, "lr": 2.34e-5, "batch_size": 2, "seed": 42, "groups": ["cross_attn", "ffn"], "betas": (0.9, 0.97),
+    "weight_decay": 0.005, "grad_clip": 5.0, "generation_cfg": 4.0, "aux_seed": 42, "condition_dropout": 0.1,
+}
 
 
 class SVARE(AuxiliaryTokenEraser):

@@ -29,7 +29,7 @@ Decisions where §6 leaves room:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -37,38 +37,40 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from varerase.edits.delta import EditConfig
 from varerase.errors import ConfigError
-from varerase.methods.base import Eraser, MethodConfig
+from varerase.methods.base import Eraser
+from varerase.methods.config import MethodConfig
 from varerase.models.base import ScaleWiseModel, TextCondition
-from varerase.training.trainer import UpdateFn
+from varerase.training.trainer import TrainerConfig, UpdateFn
 
 KV_GROUPS = ("cross_attn_kv", "start_token_kv")
 
 
 @dataclass
 class UCEConfig(MethodConfig):
-    """UCE's settings. ``groups`` follows ``edit_start_token``; ``steps`` and ``lora_rank`` must stay 0."""
+    """UCE's settings: no ``training`` section (closed form); ``edit.groups`` follows ``edit_start_token``; ``lora_rank`` must stay 0."""
 
-    steps: int = 0  # closed form: nothing to train
-    groups: list[str] = field(default_factory=lambda: ["cross_attn_kv"])
+    training: TrainerConfig | None = None  # closed form: nothing to train
+    edit: EditConfig = field(default_factory=lambda: EditConfig(groups=["cross_attn_kv"]))
     lam: float = 0.1  # λ: pull toward the original weights (keeps the solve well posed)
     preserve_scale: float = 1.0  # s: weight of the preservation features
     edit_start_token: bool = False  # also edit the attentive text pool that forms the start token
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.steps != 0:
-            raise ConfigError(f"UCE is closed-form and takes no training steps; leave steps unset (got {self.steps})")
-        if self.lora_rank != 0:
-            raise ConfigError(f"UCE computes full weights; leave lora_rank at 0 (got {self.lora_rank})")
+        if self.training is not None:
+            raise ConfigError("UCE is closed-form and takes no training settings; leave steps, lr and the other training settings unset")
+        if self.edit.lora_rank != 0:
+            raise ConfigError(f"UCE computes full weights; leave lora_rank at 0 (got {self.edit.lora_rank})")
         if not self.lam > 0:
             raise ConfigError(f"lam must be > 0 (it makes the solve well posed), got {self.lam}")
         if self.preserve_scale < 0:
             raise ConfigError(f"preserve_scale must be ≥ 0, got {self.preserve_scale}")
-        outside = sorted(set(self.groups) - set(KV_GROUPS))
+        outside = sorted(set(self.edit.groups) - set(KV_GROUPS))
         if outside:
             raise ConfigError(f"UCE edits only the key/value maps {list(KV_GROUPS)}, not {outside}; use edit_start_token for the start token")
-        self.groups = ["cross_attn_kv"] + (["start_token_kv"] if self.edit_start_token else [])
+        self.edit = replace(self.edit, groups=["cross_attn_kv"] + (["start_token_kv"] if self.edit_start_token else []))
 
 
 def uce_closed_form(
@@ -145,17 +147,16 @@ def paired_token_features(
 
 
 class UCE(Eraser):
-    """Closed-form key/value edit computed in :meth:`prepare`; ``trains = False`` (see module docstring)."""
+    """Closed-form key/value edit computed in :meth:`prepare`; its config has no ``training`` (see module docstring)."""
 
     name = "uce"
     config_class = UCEConfig
-    trains = False
 
     def kv_linears(self) -> dict[str, nn.Linear]:
         """The edited maps by their weight's parameter name."""
         parameter_names = {id(p): n for n, p in self.model.named_parameters()}
         groups = self.model.module_groups()
-        return {parameter_names[id(linear.weight)]: linear for g in self.config.groups for linear in groups[g]}
+        return {parameter_names[id(linear.weight)]: linear for g in self.config.edit.groups for linear in groups[g]}
 
     @torch.no_grad()
     def prepare(self) -> None:

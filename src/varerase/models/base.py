@@ -14,7 +14,7 @@ Token kinds:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -173,15 +173,21 @@ class ScaleWiseModel(nn.Module, abc.ABC):
     def _encode_text_uncached(self, prompts: list[str]) -> TextCondition:
         """Encode prompts with the model's text encoder: ``[B, T, C]`` features and mask."""
 
-    def encode_text(self, prompts: Sequence[str]) -> TextCondition:
-        """Encode ``prompts`` (cached per prompt string). Returns a ``TextCondition`` of batch ``len(prompts)``.
+    def encode_text(self, prompts: Sequence[str], cache: bool = True) -> TextCondition:
+        """Encode ``prompts``: a ``TextCondition`` of batch ``len(prompts)`` (``[B, T, C]`` features and ``[B, T]`` mask), on the model's device.
 
-        Each new prompt is encoded alone: a prompt's features then never depend on which other
-        prompts (and how much padding) shared its batch, so runs replay bit for bit — a resumed
-        run meets its prompts in another order than an uninterrupted one.
+        With ``cache`` (the default) the result is cached per prompt string and each new prompt is
+        encoded alone: a prompt's features then never depend on which other prompts (and how much
+        padding) shared its batch, so runs replay bit for bit — a resumed run meets its prompts in
+        another order than an uninterrupted one. ``cache=False`` encodes all prompts in one batch
+        and keeps nothing: for searches that try thousands of candidate prompts once each, which
+        would otherwise all stay cached on the device.
         """
         if isinstance(prompts, str):
             raise TypeError("encode_text takes a list of prompts, not a single string")
+        if not cache:
+            with torch.no_grad():
+                return self._encode_text_uncached(list(prompts)).to(self.device)
         if not hasattr(self, "_text_cache"):
             self._text_cache = {}
         for prompt in dict.fromkeys(prompts):
@@ -327,17 +333,3 @@ def module_group_parameters(model: ScaleWiseModel, groups: Sequence[str]) -> lis
         raise ConfigError(f"unknown module group(s) {unknown}; known: {sorted(available)}")
     wanted = {id(p) for g in groups for m in available[g] for p in m.parameters()}
     return [(n, p) for n, p in model.named_parameters() if id(p) in wanted]
-
-
-@dataclass
-class ForwardCounter:
-    """Counts token positions pushed through the transformer (the erasure benchmark's compute measure)."""
-
-    tokens: int = 0
-    passes: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
-
-    def add(self, kind: str, tokens: int) -> None:
-        self.tokens += tokens
-        self.passes += 1
-        self.by_kind[kind] = self.by_kind.get(kind, 0) + tokens

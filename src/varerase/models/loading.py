@@ -15,7 +15,8 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str |
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    shared = sorted(set(own) & set(state))
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shared if state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         parts = [f"checkpoint {source} does not match the model:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):

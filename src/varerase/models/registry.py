@@ -80,7 +80,9 @@ def load_model(
     return model
 
 
-def _load_official(name: str, checkpoint: str | None, vae_path: str | None, text_encoder: str | None, pixels: str, aspect_ratio: float, device) -> ScaleWiseModel:
+def _load_official(
+    name: str, checkpoint: str | None, vae_path: str | None, text_encoder: str | None, pixels: str, aspect_ratio: float, device
+) -> ScaleWiseModel:
     from varerase.models.infinity.checkpoint import PRESETS, load_official_transformer
     from varerase.models.infinity.model import InfinityModel
     from varerase.models.infinity.transformer import InfinityTransformer

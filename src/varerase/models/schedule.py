@@ -81,8 +81,3 @@ def block_causal_mask(schedule: Sequence[tuple[int, int]], device: torch.device 
     """Boolean attention mask ``[L, L]``: True where query ``i`` may attend to key ``j`` (``level[j] ≤ level[i]``)."""
     levels = token_levels(schedule, device)
     return levels[:, None] >= levels[None, :]
-
-
-def split_by_scale(x: torch.Tensor, schedule: Sequence[tuple[int, int]], dim: int = 1) -> list[torch.Tensor]:
-    """Split a flat ``[…, L, …]`` tensor into per-scale pieces along ``dim``."""
-    return list(torch.split(x, scale_token_counts(schedule), dim=dim))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from varerase.data.world import WorldConfig, make_dataset, to_float_images
+from varerase.data.world_rendering import WorldConfig, make_dataset, to_float_images
 from varerase.evaluation.detectors.world_detector import WorldDetectorConfig, train_world_detector
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, TextCondition
@@ -199,7 +199,8 @@ def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, pr
     start = time.perf_counter()
     maps = encode_dataset(vae, world.images)
     torch.manual_seed(config.seed + 2)
-    model = InfinityModel(InfinityTransformer(config.transformer), vae, load_minilm(max_length=config.transformer.text_max_length), default_sampler=TINY_DEFAULT_SAMPLER)
+    encoder = load_minilm(max_length=config.transformer.text_max_length)
+    model = InfinityModel(InfinityTransformer(config.transformer), vae, encoder, default_sampler=TINY_DEFAULT_SAMPLER)
     metrics["transformer"] = train_transformer(model, maps, world.captions, config, progress)
     timings["transformer"] = time.perf_counter() - start
     console.print(f"transformer: bit-CE {metrics['transformer']['final_bit_ce']:.4f} in {timings['transformer']:.0f} s")

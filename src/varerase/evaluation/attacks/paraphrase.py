@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from varerase.data.prompt_files import read_prompt_file
 from varerase.data.world import SYNONYMS, canonical_concept, concept_kind, prompt_for
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import Attack, AttackConfig, Found, read_prompt_file
+from varerase.evaluation.attacks.base import Attack, Found
+from varerase.evaluation.attacks.config import AttackConfig
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.runtime.distributed import DistributedContext
 

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import Attack, AttackConfig, AttackResult, save_attack
+from varerase.evaluation.attacks.base import Attack
+from varerase.evaluation.attacks.config import AttackConfig
 from varerase.evaluation.attacks.paraphrase import ParaphraseAttack
+from varerase.evaluation.attacks.result import AttackResult, save_attack
 from varerase.evaluation.attacks.ring_a_bell import RingABellAttack
 from varerase.evaluation.attacks.soft_prompt import SoftPromptAttack
 from varerase.evaluation.attacks.unlearndiff import UnlearnDiffAttack

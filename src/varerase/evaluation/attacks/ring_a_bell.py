@@ -23,15 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import (
-    Attack,
-    Encode,
-    Found,
-    attacked_pairs,
-    concept_pairs,
-    pooled_embeddings,
-    pooled_features,
-)
+from varerase.evaluation.attacks.base import Attack, Found
+from varerase.evaluation.attacks.targets import attacked_pairs, concept_pairs
+from varerase.evaluation.attacks.text_features import Encode, pooled_embeddings, pooled_features
 from varerase.evaluation.attacks.vocabulary import VocabularyConfig, attack_vocabulary
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.runtime.distributed import DistributedContext
@@ -172,7 +166,9 @@ class RingABellAttack(Attack):
                     search = replace(config.search, seed=config.search.seed + i)
                     trace = genetic_search(fitness, len(vocabulary), config.prompt_length, search, lambda: bar.advance(task))
                     pair = targets[i]
-                    searches.append({"anchor": pair.anchor, "target": pair.target, "prompt": words(trace.best), "cosine": trace.best_score, "history": trace.history})
+                    searches.append(
+                        {"anchor": pair.anchor, "target": pair.target, "prompt": words(trace.best), "cosine": trace.best_score, "history": trace.history}
+                    )
             return searches
 
         searches = map_sharded(search_pairs, len(targets), context)

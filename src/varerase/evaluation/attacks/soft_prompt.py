@@ -19,13 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import (
-    Attack,
-    Found,
-    TargetPromptsConfig,
-    attacked_pairs,
-    concept_pairs,
-)
+from varerase.evaluation.attacks.base import Attack, Found
+from varerase.evaluation.attacks.config import TargetPromptsConfig
+from varerase.evaluation.attacks.targets import attacked_pairs, concept_pairs
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
 from varerase.runtime.distributed import DistributedContext

@@ -26,14 +26,9 @@ import numpy as np
 import torch
 
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import (
-    Attack,
-    Found,
-    attacked_pairs,
-    concept_pairs,
-    encode_fresh,
-    pooled_embeddings,
-)
+from varerase.evaluation.attacks.base import Attack, Found
+from varerase.evaluation.attacks.targets import attacked_pairs, concept_pairs
+from varerase.evaluation.attacks.text_features import pooled_embeddings
 from varerase.evaluation.attacks.vocabulary import VocabularyConfig, attack_vocabulary
 from varerase.evaluation.attacks.whitebox import concept_tokens, token_nll
 from varerase.models.base import SamplerConfig, ScaleWiseModel, TextCondition
@@ -79,11 +74,11 @@ class HotFlipSearch:
     def nll(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """Exact NLL of each prefix's prompt: ``[N]``."""
         with torch.no_grad():
-            return token_nll(self.model, encode_fresh(self.model, [self.prompt(p) for p in prefixes]), self.maps)
+            return token_nll(self.model, self.model.encode_text([self.prompt(p) for p in prefixes], cache=False), self.maps)
 
     def ranked_swaps(self, prefix: list[int], count: int) -> list[list[int]]:
         """The ``count`` single-word swaps of ``prefix`` with the lowest first-order NLL estimate."""
-        cond = encode_fresh(self.model, [self.prompt(prefix)])
+        cond = self.model.encode_text([self.prompt(prefix)], cache=False)
         features = cond.features.clone().requires_grad_(True)
         # autograd.grad rather than backward: the model's own parameters get no .grad.
         (grad,) = torch.autograd.grad(token_nll(self.model, TextCondition(features, cond.mask), self.maps).sum(), features)
@@ -136,7 +131,8 @@ class UnlearnDiffAttack(Attack):
                     search = HotFlipSearch(model, vocabulary, embeddings, targets[i].target, [m[row : row + 1] for m in maps])
                     start = np.random.default_rng([config.seed, i]).integers(len(vocabulary), size=config.prefix_length).tolist()
                     prefix, history = search.run(start, config.steps, config.candidates)
-                    searches.append({"target": targets[i].target, "prompt": search.prompt(prefix), "nll_start": history[0], "nll_end": history[-1], "history": history})
+                    prompt = search.prompt(prefix)
+                    searches.append({"target": targets[i].target, "prompt": prompt, "nll_start": history[0], "nll_end": history[-1], "history": history})
                     bar.advance(task)
             return searches
 

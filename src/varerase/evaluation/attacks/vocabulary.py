@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from varerase.data.pairs import PromptPair
+from varerase.data.prompt_files import read_prompt_file
 from varerase.data.world import HELDOUT_TEMPLATES, SYNONYMS, TRAIN_TEMPLATES, named_concepts
 from varerase.errors import ConfigError
-from varerase.evaluation.attacks.base import TargetPromptsConfig, read_prompt_file
+from varerase.evaluation.attacks.config import TargetPromptsConfig
 from varerase.evaluation.attacks.paraphrase import DESCRIPTIONS
 
 _WORD = re.compile(r"[a-z][a-z'\-]*")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -36,6 +37,15 @@ class ConceptDetector(abc.ABC):
     def detect(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{concept: bool [B]}``: whether each concept's score reaches ``threshold``."""
         return {concept: score >= self.threshold for concept, score in self.scores(images).items()}
+
+    def attribute_hits(self, images: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, bool]] | None:
+        """Whether this detector can judge prompt following, and its judgement.
+
+        Per image of ``images`` ``[B, 3, H, W]``, ``{kind: whether the image shows the value its
+        prompt names}`` for the attribute kinds (e.g. shape, colour, background) that prompt
+        names; None (the default) for a detector that cannot tell attributes from prompts.
+        """
+        return None
 
     def describe(self) -> dict:
         """What a result file records about the detector that produced its numbers."""

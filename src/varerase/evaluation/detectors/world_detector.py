@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from varerase.data.world import ATTRIBUTES, KINDS, to_float_images
+from varerase.data.world import ATTRIBUTES, KINDS, parse_attributes
+from varerase.data.world_rendering import to_float_images
 from varerase.errors import CheckpointError, ConfigError
 from varerase.evaluation.detectors.base import ConceptDetector, state_dict_sha256
 from varerase.runtime.progress import progress_bar
@@ -127,6 +128,18 @@ class WorldDetector(ConceptDetector, nn.Module):
         """``{kind: int64 [B]}``: the most likely class of each kind, an index into
         ``SHAPES`` / ``COLOURS`` / ``BACKGROUNDS``."""
         return {kind: logits.argmax(dim=-1) for kind, logits in self(self._prepare(images)).items()}
+
+    def attribute_hits(self, images: torch.Tensor, prompts: Sequence[str]) -> list[dict[str, bool]]:
+        """Per image of ``images`` ``[B, 3, H, W]``, ``{kind: whether the predicted value is the one
+        its prompt names}`` for the kinds (shape, colour, background) that prompt names."""
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
+        predicted = self.predict(images)
+        hits = []
+        for i, prompt in enumerate(prompts):
+            named = parse_attributes(prompt)
+            hits.append({kind: ATTRIBUTES[kind][int(predicted[kind][i])] == value for kind, value in named.items()})
+        return hits
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
