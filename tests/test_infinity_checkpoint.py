@@ -76,3 +76,51 @@ def test_presets_have_the_official_parameter_counts(config, billions):
         transformer = InfinityTransformer(config)
     count = sum(p.numel() for p in transformer.parameters())
     assert abs(count / 1e9 - billions) < 0.01
+
+
+def _write_shards(state, folder, suffix):
+    keys = sorted(state)
+    shards = {f"model-0000{i + 1}-of-00003{suffix}": keys[i::3] for i in range(3)}
+    for name, names in shards.items():
+        part = {k: state[k].contiguous() for k in names}
+        save_file(part, folder / name) if suffix == ".safetensors" else torch.save(part, folder / name)
+    index_name = "model.safetensors.index.json" if suffix == ".safetensors" else "pytorch_model.bin.index.json"
+    (folder / index_name).write_text(json.dumps({"weight_map": {k: name for name, names in shards.items() for k in names}}))
+    return folder / index_name
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_sharded_checkpoint_loads_one_shard_at_a_time(tiny_model, tmp_path, suffix, monkeypatch):
+    import varerase.models.infinity.checkpoint as checkpoint
+
+    index = _write_shards(_official_state(tiny_model.transformer), tmp_path, suffix)
+    import weakref
+
+    read, earlier = [], []
+    original = checkpoint._read_shard
+
+    def read_and_watch(shard):
+        # When a shard is read, no tensor of the shards before it may still be alive.
+        assert all(ref() is None for ref in earlier), "an earlier shard is still held in memory"
+        part = original(shard)
+        read.append(shard.name)
+        earlier.extend(weakref.ref(t) for t in part.values())
+        return part
+
+    monkeypatch.setattr(checkpoint, "_read_shard", read_and_watch)
+    fresh = InfinityTransformer(tiny_model.config)
+    load_official_transformer(fresh, index)
+    assert len(read) == len(set(read)) == 3
+    for k, v in tiny_model.transformer.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_sharded_checkpoint_with_a_wrong_shape_is_refused_before_any_weight_is_written(tiny_model, tmp_path):
+    state = _official_state(tiny_model.transformer)
+    state["head.weight"] = torch.zeros(3, 3)
+    _write_shards(state, tmp_path, ".safetensors")
+    fresh = InfinityTransformer(tiny_model.config)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match="head.weight"):
+        load_official_transformer(fresh, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())

@@ -10,13 +10,14 @@ from torch import nn
 from varerase.errors import CheckpointError
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state`` into ``module`` requiring the exact key set and shapes; errors list every mismatch."""
+def check_strict(module: nn.Module, shapes: dict[str, torch.Size], source: str | Path) -> None:
+    """Require ``shapes`` (key → shape of what a checkpoint holds) to match ``module``'s state dict exactly;
+    the error lists every missing, unexpected and mis-shaped key."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shared = sorted(set(own) & set(state))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shared if state[k].shape != own[k].shape]
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    shared = sorted(set(own) & set(shapes))
+    mismatched = [f"{k}: checkpoint {tuple(shapes[k])} vs model {tuple(own[k].shape)}" for k in shared if tuple(shapes[k]) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
         parts = [f"checkpoint {source} does not match the model:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
@@ -24,6 +25,11 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str |
                 shown = ", ".join(items[:20]) + (f", … ({len(items) - 20} more)" if len(items) > 20 else "")
                 parts.append(f"  {len(items)} {title}: {shown}")
         raise CheckpointError("\n".join(parts))
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``module`` requiring the exact key set and shapes; errors list every mismatch."""
+    check_strict(module, {k: v.shape for k, v in state.items()}, source)
     module.load_state_dict(state, strict=True)
 
 

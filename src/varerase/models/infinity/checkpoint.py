@@ -3,7 +3,10 @@
 Infinity-2B ships as one ``.pth`` state dict (``infinity_2b_reg.pth``); Infinity-8B as sharded
 safetensors with ``model.safetensors.index.json``. Both store blocks as
 ``block_chunks.{c}.module.{j}.*``; we keep a flat ``blocks.{i}`` with ``i = c·(depth/chunks) + j``.
-Loading is strict: any missing, unexpected or mis-shaped key is an error that lists them.
+Loading is strict: any missing, unexpected or mis-shaped key is an error that lists them. A
+sharded checkpoint (a folder, ``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``)
+is checked against the model from the shards' key lists and shapes first, then loaded one shard
+at a time, so peak memory is the model plus one shard, not the model plus the whole checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 
 from varerase.errors import CheckpointError
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
-from varerase.models.loading import load_strict, read_json_config, read_safetensors
+from varerase.models.loading import check_strict, load_strict, read_json_config, read_safetensors
 from varerase.models.schedule import infinity_schedule
 
 # Buffers some official checkpoints carry that are not weights (the official loader drops them too).
@@ -61,32 +64,69 @@ def our_key_to_official(key: str, config: InfinityConfig) -> str:
     return f"block_chunks.{i // per_chunk}.module.{i % per_chunk}.{match[2]}"
 
 
-def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an official checkpoint: a ``.pth`` file (``weights_only=True``) or a folder / index of safetensors shards."""
+def official_shards(path: str | Path) -> list[Path] | None:
+    """The shard files of a sharded official checkpoint (a folder or an index file), or None for a single file.
+
+    An index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) names its shards in
+    ``weight_map``; a folder without one uses every ``*.safetensors`` file in it.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir() or path.name.endswith(".index.json"):
-        index_path = path / "model.safetensors.index.json" if path.is_dir() else path
-        if not index_path.exists():
-            shards = sorted(path.glob("*.safetensors"))
-            if not shards:
-                raise CheckpointError(f"{path} holds neither model.safetensors.index.json nor *.safetensors files")
-        else:
-            weight_map = read_json_config(index_path).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index_path} has no weight_map")
-            shards = sorted({index_path.parent / str(name) for name in weight_map.values()})
+    if not (path.is_dir() or path.name.endswith(".index.json")):
+        return None
+    indexes = [path] if not path.is_dir() else [path / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json") if (path / n).exists()]
+    if not indexes:
+        shards = sorted(path.glob("*.safetensors"))
+        if not shards:
+            raise CheckpointError(f"{path} holds neither an index (model.safetensors.index.json, pytorch_model.bin.index.json) nor *.safetensors files")
+        return shards
+    weight_map = read_json_config(indexes[0]).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{indexes[0]} has no weight_map")
+    shards = sorted({indexes[0].parent / str(name) for name in weight_map.values()})
+    absent = [s.name for s in shards if not s.exists()]
+    if absent:
+        raise CheckpointError(f"{indexes[0]} names shard(s) that are not there: {', '.join(absent)}")
+    return shards
+
+
+def _read_torch_file(path: Path, mmap: bool = False) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # a truncated or non-tensor pickle: say which file, not where torch failed
+        raise CheckpointError(f"could not read {path} as a weights-only PyTorch checkpoint: {error}") from error
+
+
+def _read_shard(shard: Path) -> dict[str, torch.Tensor]:
+    return read_safetensors(shard) if shard.suffix == ".safetensors" else _read_torch_file(shard)
+
+
+def _shard_shapes(shard: Path) -> dict[str, torch.Size]:
+    """Key → shape of one shard without reading its tensors (safetensors header, or a memory-mapped .bin)."""
+    if shard.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                return {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as error:
+            raise CheckpointError(f"could not read {shard} as safetensors: {error}") from error
+    return {k: v.shape for k, v in _read_torch_file(shard, mmap=True).items()}
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a whole official checkpoint into memory: a ``.pth``/``.safetensors`` file or the shards of a sharded one."""
+    path = Path(path)
+    shards = official_shards(path)
+    if shards is not None:
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(read_safetensors(shard))
+            state.update(_read_shard(shard))
         return state
     if path.suffix == ".safetensors":
         return read_safetensors(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or non-tensor pickle: say which file, not where torch failed
-        raise CheckpointError(f"could not read {path} as a weights-only PyTorch checkpoint: {error}") from error
+    state = _read_torch_file(path)
     # Full training checkpoints nest the model under trainer → gpt_fsdp (the released slim files do not).
     if isinstance(state, dict) and "trainer" in state:
         state = state["trainer"].get("gpt_fsdp", state["trainer"])
@@ -96,7 +136,16 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_official_transformer(transformer: InfinityTransformer, path: str | Path) -> None:
-    """Load official Infinity weights into ``transformer`` strictly (see module docstring)."""
-    raw = read_official_state_dict(path)
-    state = {official_key_to_ours(k, transformer.config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
-    load_strict(transformer, state, path)
+    """Load official Infinity weights into ``transformer`` strictly (see module docstring); shards one at a time."""
+    shards = official_shards(path)
+    if shards is None:
+        raw = read_official_state_dict(path)
+        state = {official_key_to_ours(k, transformer.config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
+        load_strict(transformer, state, path)
+        return
+    shapes = {official_key_to_ours(k, transformer.config): shape for shard in shards for k, shape in _shard_shapes(shard).items() if k not in _NON_WEIGHT_KEYS}
+    check_strict(transformer, shapes, path)
+    for shard in shards:
+        part = {official_key_to_ours(k, transformer.config): v for k, v in _read_shard(shard).items() if k not in _NON_WEIGHT_KEYS}
+        transformer.load_state_dict(part, strict=False)  # the union of the shards was checked above
+        del part  # this shard's tensors go before the next one is read
