@@ -127,7 +127,7 @@ def test_naive_fine_tuning_raises_cross_entropy_of_the_models_own_generations(ti
     config = method_config("naive", overrides={"steps": 2, "lr": 1e-2})
     result = run_erasure(tiny_text_model, "naive", pairs, config, RETAIN, cache_dir=tmp_path, progress=False)
     assert any(result.model.edit.delta(name).abs().max() > 0 for name in result.model.edit.names), "the edit equals the base model"
-    cache = TeacherCache(tiny_text_model, config.aux_sampler(), tmp_path)
+    cache = TeacherCache(tiny_text_model, config.aux_sampler(tiny_text_model), tmp_path)
     maps, _ = cache.batch([(p.target, config.aux_seed) for p in pairs])
     assert cache.generated == 0  # the very generations the run trained on
     cond = tiny_text_model.encode_text([p.target for p in pairs])

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_transformer_config
+from varerase.config import load_settings_yaml, parse_assignments
 from varerase.edits.file_format import load_edit
 from varerase.errors import VarEraseError
 from varerase.methods.registry import method_config
@@ -43,6 +44,14 @@ def test_yaml_settings_files_load_or_raise_a_varerase_error(tmp_path_factory, te
         method_config("s-vare", config_file=str(path))
     except VarEraseError:
         pass
+
+
+@FUZZ
+@given(value=st.floats(allow_nan=False, allow_infinity=False), form=st.sampled_from(["{!r}", "{:e}", "{:E}", "{:.3e}", "{:g}"]))
+def test_numbers_in_settings_read_as_the_numbers_written(value, form):
+    text = form.format(value)
+    assert parse_assignments([f"lr={text}"])["lr"] == float(text)
+    assert load_settings_yaml(f"lr: {text}")["lr"] == float(text)
 
 
 def test_yaml_never_builds_objects(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_SCHEDULE, random_condition
-from varerase.errors import CheckpointError
+from varerase.errors import CheckpointError, ConfigError
 from varerase.models.base import ConditionSwitch, SamplerConfig
 from varerase.models.sampling import cfg_combine, filter_top_k_top_p, sample_units
 from varerase.models.schedule import block_causal_mask, infinity_schedule, rope_reference_grid, scale_offsets
@@ -138,3 +138,62 @@ def test_per_row_seeds_make_a_sample_independent_of_its_batch(tiny_model):
     batch = tiny_model.generate(cond, sampler, seed=[11, 12, 13], decode=False).maps
     alone = tiny_model.generate(cond.select([1]), sampler, seed=[12], decode=False).maps
     assert all(torch.equal(b[1:2], a) for b, a in zip(batch, alone))
+
+
+def test_negative_prompt_replaces_the_unconditional_branch(tiny_model):
+    cond, negative = random_condition(3, seed=1), random_condition(1, tokens=3, seed=2)
+    unconditional_only = SamplerConfig(cfg=0.0)  # z_γ = 0·z(c) + 1·z(uncond): the unconditional branch's logits
+    with_negative = tiny_model.generate(cond, unconditional_only, seed=[1, 2, 3], decode=False, negative=negative)
+    as_prompt = tiny_model.generate(negative.select([0, 0, 0]), SamplerConfig(cfg=1.0), seed=[1, 2, 3], decode=False)
+    assert all(torch.equal(a, b) for a, b in zip(with_negative.maps, as_prompt.maps))
+    torch.testing.assert_close(with_negative.all_logits(), as_prompt.all_logits(), atol=1e-5, rtol=1e-5)
+    # Without one, the unconditional branch is cfg_uncond with each prompt's token length, as before.
+    without = tiny_model.generate(cond, unconditional_only, seed=[1, 2, 3], decode=False)
+    null = tiny_model.generate(tiny_model.null_condition(cond), SamplerConfig(cfg=1.0), seed=[1, 2, 3], decode=False)
+    torch.testing.assert_close(without.all_logits(), null.all_logits(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(without.all_logits()[:, :1], with_negative.all_logits()[:, :1])
+
+
+def test_negative_prompt_needs_guidance_and_a_batch_of_one_or_all(tiny_model):
+    cond = random_condition(3)
+    with pytest.raises(ConfigError, match="guidance"):
+        tiny_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False, negative=random_condition(1))
+    with pytest.raises(ValueError, match="give 1"):
+        tiny_model.generate(cond, SamplerConfig(cfg=3.0), seed=0, decode=False, negative=random_condition(2))
+
+
+def test_negative_prompt_reaches_generation_through_the_api(tiny_text_model):
+    from varerase import api
+    from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig
+
+    tiny_text_model.vae = BitwiseVAE(BitwiseVAEConfig(bits=6, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8)).eval()
+    plain = api.generate(tiny_text_model, ["a red circle"], n=2, cfg=3.0)
+    pushed = api.generate(tiny_text_model, ["a red circle"], n=2, cfg=3.0, negative_prompt="a blue square")
+    direct = tiny_text_model.generate(
+        tiny_text_model.encode_text(["a red circle"] * 2), SamplerConfig(cfg=3.0), seed=[0, 1], negative=tiny_text_model.encode_text(["a blue square"])
+    )
+    assert pushed.shape == plain.shape == (2, 3, 8, 8) and not torch.equal(pushed, plain)
+    assert torch.equal(pushed, direct.images)
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "expected"),
+    [
+        ("infinity-2b", "cuda", "bfloat16"), ("infinity-8b", "cuda:1", "bfloat16"),
+        ("infinity-2b", "cpu", None), ("tiny", "cuda", None), ("runs/my-model", "cuda", None),
+    ],
+)
+def test_official_models_default_to_bfloat16_autocast_on_cuda_only(name, device, expected):
+    from varerase.models.registry import default_mixed_precision, resolve_mixed_precision
+
+    assert default_mixed_precision(name, device) == expected
+    assert resolve_mixed_precision(None, name, device) == expected
+    assert resolve_mixed_precision("none", name, device) is None  # --mixed-precision none: float32
+    assert resolve_mixed_precision("float16", name, device) == "float16"
+
+
+def test_unknown_mixed_precision_is_refused_naming_the_choices():
+    from varerase.models.registry import resolve_mixed_precision
+
+    with pytest.raises(ConfigError, match="bfloat16, float16, none"):
+        resolve_mixed_precision("fp8", "infinity-2b", "cuda")

@@ -52,11 +52,36 @@ def test_svare_preservation_is_mean_over_2d_entries_half_the_bit_kl():
     assert math.isclose(losses.svare_preservation(teacher, student, weight=0.5).item(), kl_bit / 4, rel_tol=1e-5)
 
 
-def test_vare_loss_is_mean_bit_ce():
+def test_vare_ce_option_is_mean_bit_ce():
     logits = _bit_logits([[0.25, 0.5]])
     targets = torch.tensor([[[1, 0]]])
     expected = (-math.log(0.25) - math.log(0.5)) / 2
-    assert math.isclose(losses.vare_loss(logits, targets).item(), expected, rel_tol=1e-6)
+    assert math.isclose(losses.vare_ce_loss(logits, targets).item(), expected, rel_tol=1e-6)
+
+
+def test_vare_mse_sums_a_bits_two_classes_then_averages_bits_and_positions():
+    # Two tokens of two bits; P(bit = 1) of student p and teacher q.
+    student = _bit_logits([[0.25, 0.5], [0.9, 0.1]])
+    teacher = _bit_logits([[0.75, 0.5], [0.6, 0.4]])
+    # A bit's ‖p − q‖² over its classes {0, 1} is 2 (p₁ − q₁)².
+    token0 = (2 * 0.5**2 + 0.0) / 2
+    token1 = (2 * 0.3**2 + 2 * 0.3**2) / 2
+    assert math.isclose(losses.vare_mse_loss(student, teacher).item(), (token0 + token1) / 2, rel_tol=1e-5)
+
+
+def test_vare_mse_of_index_tokens_sums_over_the_codebook_and_averages_the_batch():
+    p, q = [0.5, 0.25, 0.25], [0.2, 0.3, 0.5]
+    student = torch.tensor([[p], [q]]).log()  # [B=2, L=1, V=3]; row 2 already equals the teacher
+    teacher = torch.tensor([[q], [q]]).log()
+    row0 = 0.3**2 + 0.05**2 + 0.25**2
+    assert math.isclose(losses.vare_mse_loss(student, teacher).item(), row0 / 2, rel_tol=1e-5)
+
+
+def test_vare_mse_does_not_differentiate_the_teacher():
+    student = _bit_logits([[0.25, 0.5]]).requires_grad_(True)
+    teacher = _bit_logits([[0.75, 0.5]]).requires_grad_(True)
+    losses.vare_mse_loss(student, teacher).backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
 
 
 def test_esd_target_is_negative_guidance_from_null():

@@ -16,7 +16,7 @@ from varerase.edits.edited_model import EditedModel
 from varerase.edits.file_format import load_edit, save_edit
 from varerase.errors import ConfigError
 from varerase.methods.config import SECTIONS, MethodConfig
-from varerase.methods.losses import filtered_cross_entropy, flatten_maps, svare_preservation
+from varerase.methods.losses import filtered_cross_entropy, flatten_maps, svare_preservation, vare_ce_loss, vare_mse_loss
 from varerase.methods.registry import METHODS, eraser_class, method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.base import SamplerConfig
@@ -144,6 +144,47 @@ def test_svare_joint_update_makes_one_step(tiny_text_model):
     assert len(calls) == 1
 
 
+def test_vare_mse_pulls_the_edited_target_toward_the_frozen_model_on_the_anchor(tiny_text_model):
+    eraser = _eraser(tiny_text_model, "vare")
+    with torch.no_grad():
+        for p in eraser.edit.parameters():
+            p.normal_(std=0.05, generator=torch.Generator().manual_seed(2))  # so that edited and frozen models differ
+    seen = []
+    eraser.step(0, lambda loss: seen.append(loss.detach()) or 0.0)
+    pairs, maps, _ = eraser.batch(0)
+    student = eraser.edited.teacher_forced_logits(eraser.encode([p.target for p in pairs]), maps)
+    teacher = tiny_text_model.teacher_forced_logits(eraser.encode([p.anchor for p in pairs]), maps)  # no CFG, no edit
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], vare_mse_loss(student, teacher).detach())
+    assert eraser.forward_tokens == 2 * len(pairs) * tiny_text_model.num_tokens  # the frozen teacher's pass counts too
+
+
+def test_vare_ce_option_is_the_teacher_forced_ce_to_the_anchor_tokens(tiny_text_model):
+    eraser = _eraser(tiny_text_model, "vare", loss="ce")
+    seen = []
+    eraser.step(0, lambda loss: seen.append(loss.detach()) or 0.0)
+    pairs, maps, _ = eraser.batch(0)
+    logits = eraser.edited.teacher_forced_logits(eraser.encode([p.target for p in pairs]), maps)
+    torch.testing.assert_close(seen[0], vare_ce_loss(logits, flatten_maps(maps)).detach())
+    with pytest.raises(ConfigError, match=r"loss must be one of \['mse', 'ce'\]"):
+        method_config("vare", overrides={"loss": "kl"})
+
+
+def test_vare_mse_lowers_its_loss_over_a_few_steps(tiny_text_model):
+    eraser = _eraser(tiny_text_model, "vare")
+    optimizer = torch.optim.Adam(eraser.edit.parameters(), lr=1e-4)
+
+    def adam(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return 0.0
+
+    losses = [eraser.step(0, adam)["vare"] for _ in range(8)]  # the same batch every step
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
 @pytest.mark.parametrize("method", ["vare", "s-vare", "sace"])
 def test_each_method_trains_only_its_declared_groups(tiny_text_model, method):
     before = {k: v.clone() for k, v in tiny_text_model.state_dict().items()}
@@ -158,8 +199,9 @@ def test_each_method_trains_only_its_declared_groups(tiny_text_model, method):
     assert changed, f"{method} changed nothing"
 
 
-def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path, monkeypatch):
-    config = method_config("s-vare", overrides={"steps": 4, "checkpoint_every": 2, "lr": 1e-2})
+@pytest.mark.parametrize(("precision", "recorded_precision"), [("float32", "float32"), ("bf16", "bfloat16")])
+def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path, monkeypatch, precision, recorded_precision):
+    config = method_config("s-vare", overrides={"steps": 4, "checkpoint_every": 2, "lr": 1e-2, "update_precision": precision})
     whole = run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, run_dir=tmp_path / "full", progress=False)
     _assert_edit_changes_base(whole.model.edit, tiny_text_model)
     for name in ("config.yaml", "edit.safetensors", "metrics.json", "log.jsonl", "run.json"):
@@ -167,6 +209,7 @@ def test_run_directory_and_resume_give_identical_edit(tiny_text_model, tmp_path,
     assert json.loads((tmp_path / "full" / "run.json").read_text())["status"] == "complete"
     recorded = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())["method_config"]  # the settings tree, nested
     assert recorded["training"]["steps"] == 4 and recorded["edit"]["groups"] == ["cross_attn", "ffn"] and recorded["rho"] == 0.25
+    assert recorded["training"]["update_precision"] == recorded_precision  # the alias bf16 is recorded by its name
 
     from varerase.methods.svare import SVARE
 
@@ -260,3 +303,57 @@ def test_unknown_or_misplaced_settings_are_refused_naming_the_known_ones(tiny_te
         method_config("vare", overrides={"scope": "scale0"})
     with pytest.raises(ConfigError, match="takes a SACEConfig"):
         run_erasure(tiny_text_model, "sace", PAIRS, method_config("vare"), progress=False)
+
+
+def test_reference_preset_samples_auxiliary_tokens_as_the_reference_code(tiny_text_model):
+    sampler = method_config("s-vare", "reference").aux_sampler(tiny_text_model)
+    assert (sampler.cfg, sampler.temperature, sampler.top_k, sampler.top_p) == (4.0, 1.0, 900, 0.97)  # gen_one_img's defaults
+
+
+def test_other_presets_sample_auxiliary_tokens_with_the_models_top_k_and_top_p(tiny_text_model):
+    tiny_text_model.default_sampler = SamplerConfig(cfg=3.0, temperature=0.5, top_k=7, top_p=0.9)
+    for method, preset in (("vare", None), ("s-vare", None), ("s-vare", "tiny"), ("esd", "tiny"), ("naive", None)):
+        sampler = method_config(method, preset).aux_sampler(tiny_text_model)
+        assert (sampler.cfg, sampler.temperature, sampler.top_k, sampler.top_p) == (4.0, 1.0, 7, 0.9)  # CFG and temperature: the method's
+    explicit = method_config("s-vare", overrides={"top_k": 0, "top_p": 0.0}).aux_sampler(tiny_text_model)
+    assert (explicit.top_k, explicit.top_p) == (0, 0.0)  # set: off, whatever the model's sampler does
+
+
+def _merged(edit, model) -> dict[str, torch.Tensor]:
+    """``W + Δ`` in float32, as the edited model's forward adds them."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().float() + edit.delta(name).detach() for name in edit.names}
+
+
+def _is_bfloat16(weight: torch.Tensor) -> torch.Tensor:
+    return weight == weight.bfloat16().float()
+
+
+def test_bfloat16_updates_leave_every_merged_weight_a_bfloat16_value(tiny_text_model):
+    with torch.no_grad():  # as the reference code's blocks, cast to bfloat16 before training
+        for param in tiny_text_model.parameters():
+            param.copy_(param.bfloat16().float())
+    edits = {}
+    for precision in ("float32", "bfloat16"):
+        config = method_config("s-vare", overrides={"steps": 1, "lr": 1e-3, "update_precision": precision})
+        edits[precision] = run_erasure(tiny_text_model, "s-vare", PAIRS, config, RETAIN, progress=False).model.edit
+    assert all(_is_bfloat16(w).all() for w in _merged(edits["bfloat16"], tiny_text_model).values())
+    assert not all(_is_bfloat16(w).all() for w in _merged(edits["float32"], tiny_text_model).values())  # float32 keeps finer updates
+    assert sum(int((edits["bfloat16"].delta(n) != 0).sum()) for n in edits["bfloat16"].names) > 0
+
+
+def test_bfloat16_rounding_of_a_float32_base_misses_only_weights_no_float32_delta_can_reach(tiny_text_model):
+    edit = ParameterEdit(tiny_text_model, EditConfig())
+    with torch.no_grad():
+        for delta in edit.parameters():
+            delta.normal_(std=1e-3, generator=torch.Generator().manual_seed(1))
+    edit.round_merged_weights(tiny_text_model, torch.bfloat16)
+    params = dict(tiny_text_model.named_parameters())
+    for name, merged in _merged(edit, tiny_text_model).items():
+        base, rounded = params[name].detach(), merged.bfloat16().float()
+        sterbenz = (rounded * base > 0) & (rounded.abs() <= 2 * base.abs()) & (base.abs() <= 2 * rounded.abs())
+        assert _is_bfloat16(merged)[sterbenz].all(), name
+        half_ulp = (torch.nextafter(edit.delta(name).abs(), torch.tensor(torch.inf)) - edit.delta(name).abs()) / 2
+        assert ((merged - rounded).abs() <= half_ulp.detach()).all(), name
+    with pytest.raises(ConfigError, match="LoRA"):
+        method_config("s-vare", overrides={"lora_rank": 2, "update_precision": "bfloat16"})

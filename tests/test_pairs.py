@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,32 @@ def test_save_then_load_round_trips(tmp_path: Path, name: str, keys: str) -> Non
     written = save_pairs(pairs, tmp_path / name, keys=keys)  # type: ignore[arg-type]
     assert written.suffix in (".json", ".jsonl", ".csv")
     assert load_pairs(written) == pairs
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
+def test_large_files_load_in_linear_time(tmp_path: Path, suffix: str) -> None:
+    pairs = [PromptPair(f"a photo of cat number {i}", f"a photo of dog number {i}") for i in range(40_000)]
+    path = save_pairs(pairs, tmp_path / f"pairs{suffix}")
+    started = time.perf_counter()
+    assert load_pairs(path) == pairs
+    assert time.perf_counter() - started < 5  # was 27 s for JSON: each entry's line was counted from the file's start
+
+
+def test_an_error_deep_in_a_large_json_file_names_its_line(tmp_path: Path) -> None:
+    records = [{"original_prompt": f"cat {i}", "modified_prompt": f"dog {i}"} for i in range(5000)]
+    records[4321] = {"original_prompt": "cat"}
+    path = write_records(tmp_path / "pairs.json", records)
+    with pytest.raises(DataError, match=f"entry 4321, line {2 + 4321 * 4}:"):
+        load_pairs(path)
+
+
+def test_pairs_given_in_python_become_prompt_pairs() -> None:
+    assert PromptPair.of(("a cat", " a dog ")) == PromptPair("a cat", "a dog")
+    assert PromptPair.of(["a", "b", "cats"]) == PromptPair("a", "b", "cats")
+    assert PromptPair.of({"unsafe_prompt": "a", "safe_prompt": "b"}) == PromptPair("a", "b")
+    for bad in [("a",), ("a", ""), ("a", 1), "ab", 3, ("a", "b", "c", "d")]:
+        with pytest.raises(DataError):
+            PromptPair.of(bad)
 
 
 # --- fuzzing: any file content loads or raises DataError, never anything else -------------------

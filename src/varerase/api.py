@@ -12,13 +12,16 @@ evaluation against the original model is the same call in :func:`evaluate` and :
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from varerase.config import MAX_BATCH_SIZE, check_device, check_int, check_seed, checked_arguments, short_repr
 from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
 from varerase.edits.file_format import load_edit
@@ -26,8 +29,9 @@ from varerase.errors import ConfigError
 from varerase.methods.registry import METHODS, method_config, preset_for, registered_method
 from varerase.methods.runner import ErasureResult, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.models.registry import load_model
+from varerase.models.registry import load_model, resolve_mixed_precision
 from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.progress import progress_bar
 from varerase.training.parallel import ParallelConfig
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
@@ -58,7 +62,8 @@ class ModelOptions:
     """How a model given by name is loaded: official weight files, device and precision (None: the defaults).
 
     ``checkpoint`` / ``vae`` / ``text_encoder``: local paths or hub ids of the official models'
-    files; ``mixed_precision``: ``bfloat16`` or ``float16`` autocast for the transformer.
+    files; ``mixed_precision``: ``bfloat16`` or ``float16`` autocast for the transformer, ``none``
+    for float32, None for the model's default (bfloat16 for infinity-2b/8b on CUDA, else float32).
     """
 
     checkpoint: str | None = None
@@ -66,6 +71,13 @@ class ModelOptions:
     text_encoder: str | None = None
     device: str = "cpu"
     mixed_precision: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"model option {f.name} must be a string, got {short_repr(value)}")
+        check_device(self.device)  # an unknown device or CUDA on a CPU-only torch fails here, before a model loads
 
     @classmethod
     def of(cls, value: "ModelOptions | Mapping[str, Any] | None") -> "ModelOptions":
@@ -84,6 +96,7 @@ class ModelOptions:
         return {k: v for k, v in {**values, "autocast_dtype": self.mixed_precision}.items() if v is not None}
 
 
+@checked_arguments
 def resolve_model(
     model: str | ScaleWiseModel = "tiny", edit: str | Path | None = None, options: ModelOptions | Mapping[str, Any] | None = None
 ) -> ScaleWiseModel:
@@ -95,8 +108,25 @@ def resolve_model(
 
 def sampler_for(model: ScaleWiseModel, **overrides: Any) -> SamplerConfig:
     """The model's default sampler with any non-None ``overrides`` (cfg, temperature, top_k, top_p)."""
-    values = asdict(model.default_sampler) | {k: v for k, v in overrides.items() if v is not None}
+    values = asdict(model.default_sampler) | sampling_overrides(overrides)
     return SamplerConfig(**values)
+
+
+def sampling_overrides(overrides: Mapping[str, Any], takes: Callable | None = None) -> dict[str, Any]:
+    """The non-None sampling ``overrides``, checked without a model: an unknown name or a bad value
+    (``cfg=nan``, ``temperature=0``) is a ConfigError before any model loads. ``takes``: the function
+    the overrides were passed to, whose own arguments a misspelt name may have meant."""
+    known = [f.name for f in fields(SamplerConfig)]
+    unknown = sorted(str(k) for k in overrides if k not in known)
+    if unknown:
+        arguments = [p for p, v in inspect.signature(takes).parameters.items() if v.kind is not v.VAR_KEYWORD] if takes else []
+        near = difflib.get_close_matches(unknown[0], arguments + known, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        where = f"{takes.__name__}(): " if takes else ""
+        raise ConfigError(f"{where}unknown argument or sampling setting(s) {unknown}; {hint}sampling settings: {', '.join(known)}")
+    values = {k: v for k, v in overrides.items() if v is not None}
+    SamplerConfig(**values)
+    return values
 
 
 def _join_ranks(model_options: ModelOptions | Mapping[str, Any] | None) -> tuple[DistributedContext, ModelOptions]:
@@ -108,6 +138,7 @@ def _join_ranks(model_options: ModelOptions | Mapping[str, Any] | None) -> tuple
     return context, options
 
 
+@checked_arguments
 def erasure_prompts(concepts: Sequence[str] = (), pairs: str | Path | Sequence[PromptPair] | None = None) -> tuple[list[PromptPair], list[str]]:
     """Prompt pairs and retain prompts from built-in world concepts and/or a pairs file (or list)."""
     if not concepts and pairs is None:
@@ -160,6 +191,7 @@ def _erase_loaded(
     )
 
 
+@checked_arguments
 def erase(
     model: str | ScaleWiseModel = "tiny",
     *,
@@ -190,7 +222,7 @@ def erase(
     method_config(method, preset_for(method, model, preset), settings, str(config_file) if config_file else None)  # bad settings fail before a model loads
     prompt_pairs, retain = erasure_prompts(concepts, pairs)
     options = ModelOptions.of(model_options)
-    parallel_config = ParallelConfig(parallel, param_dtype=options.mixed_precision)
+    parallel_config = ParallelConfig(parallel, param_dtype=resolve_mixed_precision(options.mixed_precision, _model_label(model), options.device))
     context, options = _join_ranks(options)
     loaded = resolve_model(model, options=options)
     record = {"concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None}
@@ -200,6 +232,7 @@ def erase(
     )
 
 
+@checked_arguments
 @torch.no_grad()
 def generate(
     model: str | ScaleWiseModel = "tiny",
@@ -211,34 +244,53 @@ def generate(
     batch_size: int = 64,
     out: str | Path | None = None,
     model_options: ModelOptions | Mapping[str, Any] | None = None,
+    negative_prompt: str | None = None,
+    progress: bool = True,
     **sampling: Any,
 ) -> torch.Tensor:
     """``n`` images per prompt, ``[len(prompts)·n, 3, H, W]`` in [0, 1], prompt-major.
 
     Image ``j`` of prompt ``i`` uses seed ``seed + j``: the same seed gives the same image
-    whatever else is in the batch. ``sampling`` overrides cfg/temperature/top_k/top_p. With
-    ``out`` the images are also written there as a PNG grid, one row per prompt.
+    whatever else is in the batch. ``batch_size`` caps the images per generation pass (on CUDA
+    the model takes fewer when they would not fit). ``negative_prompt``: guidance pushes away from
+    it instead of the empty condition (needs cfg ≠ 1). ``sampling`` overrides
+    cfg/temperature/top_k/top_p. With ``out`` the images are also written there as a PNG grid,
+    one row per prompt (more than 64 images: a cut grid, and every image in the folder next to it,
+    :func:`varerase.imaging.save_generated`). ``progress`` shows a bar when there is more than one pass.
     """
     if not prompts:
         raise ConfigError("give at least one prompt")
-    if n < 1:
-        raise ConfigError(f"n must be ≥ 1, got {n}")
+    check_int(n, "n", 1)
+    check_seed(seed, "seed", count=n)
+    check_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+    sampling_overrides(sampling, takes=generate)
     loaded = resolve_model(model, edit, model_options)
-    rows = [(p, seed + j) for p in prompts for j in range(n)]
-    images = loaded.generate_images([p for p, _ in rows], [s for _, s in rows], sampler_for(loaded, **sampling), batch_size)
+    texts, seeds = [p for p in prompts for _ in range(n)], [seed + j for _ in prompts for j in range(n)]
+    sampler = sampler_for(loaded, **sampling)
+    chunks = []
+    with progress_bar(progress and len(texts) > batch_size, transient=True) as bar:
+        task = bar.add_task("generating", total=len(texts))
+        for start in range(0, len(texts), batch_size):
+            stop = min(start + batch_size, len(texts))
+            chunks.append(loaded.generate_images(texts[start:stop], seeds[start:stop], sampler, batch_size, negative_prompt))
+            bar.update(task, completed=stop)
+    images = torch.cat(chunks)
     if out is not None:
-        from varerase.imaging import save_grid
+        from varerase.imaging import save_generated
 
-        save_grid(images, out, columns=n, scale=max(1, 128 // images.shape[-1]))
+        save_generated(images, out, per_prompt=n, scale=max(1, 128 // images.shape[-1]))
     return images
 
 
+@checked_arguments
 def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | Path | None = None, max_per_group: int | None = None) -> dict:
     """Prompt groups to evaluate on: the world's groups for ``concepts`` and/or a user CSV (I2P, Six-CD, COCO)."""
     from varerase.evaluation.prompts import group_prompts, load_prompt_csv, world_prompt_groups
 
     if not concepts and prompts_file is None:
         raise ConfigError("say what to evaluate: --concept NAME (built-in world) or --prompts FILE")
+    if max_per_group is not None:
+        check_int(max_per_group, "max_per_group", 1)
     groups: dict = {}
     if prompts_file is not None:
         groups.update(group_prompts(load_prompt_csv(prompts_file, limit=max_per_group)))
@@ -247,6 +299,7 @@ def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | P
     return groups
 
 
+@checked_arguments
 def evaluate(
     model: str | ScaleWiseModel = "tiny",
     *,
@@ -269,10 +322,15 @@ def evaluate(
 
     Writes ``metrics.json`` (every figure and setting), image grids and ``report.html`` into ``out``.
     """
-    from varerase.evaluation.detectors.registry import load_detector
+    from varerase.evaluation.detectors.registry import check_detector, load_detector
     from varerase.evaluation.evaluate import evaluate as run_evaluation
     from varerase.evaluation.report import build_report
 
+    check_int(samples_per_prompt, "samples_per_prompt", 1, MAX_BATCH_SIZE)
+    check_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+    check_seed(seed, "seed")
+    check_detector(detector, threshold)
+    sampling_overrides(sampling, takes=evaluate)
     groups = evaluation_prompt_groups(concepts, prompts_file, max_per_group)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, options=options)
@@ -288,6 +346,7 @@ def evaluate(
     return metrics
 
 
+@checked_arguments
 def report(run: str | Path) -> Path:
     """Rebuild ``report.html`` in evaluation folder ``run`` from its ``metrics.json``; returns the report's path."""
     from varerase.evaluation.report import build_report
@@ -295,6 +354,7 @@ def report(run: str | Path) -> Path:
     return build_report(run)
 
 
+@checked_arguments
 def attack(
     model: str | ScaleWiseModel = "tiny",
     *,
@@ -313,14 +373,16 @@ def attack(
     Under ``torchrun`` the ranks share the work (each loads the model onto its own GPU); rank 0 writes.
     """
     from varerase.evaluation.attacks.registry import run_attack
-    from varerase.evaluation.detectors.registry import load_detector
+    from varerase.evaluation.detectors.registry import check_detector, load_detector
 
+    check_detector(detector)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, edit, options)
     scorer = load_detector(detector, [concept], clip_model)
     return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress, context)
 
 
+@checked_arguments
 def issa(
     model: str | ScaleWiseModel = "tiny",
     *,
@@ -337,9 +399,13 @@ def issa(
 
     Under ``torchrun`` the ranks share the pairs out (each loads the model onto its own GPU); rank 0 writes.
     """
-    from varerase.evaluation.detectors.registry import load_detector
+    from varerase.evaluation.detectors.registry import check_detector, load_detector
     from varerase.evaluation.issa import run_issa
 
+    check_int(seeds, "seeds", 1, MAX_BATCH_SIZE)
+    check_int(max_pairs, "max_pairs (--pairs)", 1)
+    if detector is not None:
+        check_detector(detector)
     prompt_pairs = list(world_concept_prompts([concept]).pairs)
     chosen = prompt_pairs[:: max(1, len(prompt_pairs) // max_pairs)][:max_pairs]
     context, options = _join_ranks(model_options)
@@ -348,6 +414,7 @@ def issa(
     return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress, context)
 
 
+@checked_arguments
 def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "runs/demo", steps: int | None = None, progress: bool = True):
     """The main job: erase ``concept`` from the built-in model with ``method`` and measure before/after.
 
@@ -376,6 +443,7 @@ def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "
     return outcome
 
 
+@checked_arguments
 def benchmark(
     model: str | ScaleWiseModel = "tiny",
     *,
@@ -402,6 +470,10 @@ def benchmark(
     from varerase.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
+    check_int(samples_per_prompt, "samples_per_prompt (--samples)", 1, MAX_BATCH_SIZE)
+    check_int(max_per_group, "max_per_group", 1)
+    if not concepts:
+        raise ConfigError("give at least one concept to benchmark, e.g. --concepts circle,red")
     methods = list(METHOD_NAMES) if list(methods) in (["all"], []) else list(methods)
     for method in methods:
         method_config(method, preset_for(method, model, preset))  # unknown names and presets fail before any work
@@ -433,6 +505,7 @@ def benchmark(
     return rows
 
 
+@checked_arguments
 def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path | None = None):
     """The built-in model's quality table (held-out prompts, detector accuracy, speed) for ``model``
     (``tiny`` or a folder written by ``train-tiny``, whose ``detector.safetensors`` is used unless
@@ -445,12 +518,15 @@ def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path |
     return measure_quality(resolve_model(model), load_world_detector(detector_path))
 
 
+@checked_arguments
 def train_tiny(*, out: str | Path, seed: int = 0, transformer_steps: int = 3000, quick: bool = False, progress: bool = True):
     """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out``; returns
     ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny budgets (poor quality)."""
     from varerase.tiny.train import TinyTrainingConfig
     from varerase.tiny.train import train_tiny as run_training
 
+    check_seed(seed, "seed", count=3)  # the phases use seed, seed + 1, seed + 2
+    check_int(transformer_steps, "transformer_steps", 1)
     if quick:
         config = TinyTrainingConfig(seed=seed, train_images=2000, tokenizer_steps=50, detector_steps=50, transformer_steps=50)
     else:

@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from varerase import api
-from varerase.config import parse_assignments
+from varerase.config import clip, parse_assignments
 from varerase.errors import VarEraseError
+from varerase.imaging import MAX_GRID_IMAGES, generated_folder
 
 app = typer.Typer(
     name="varerase",
@@ -58,7 +59,10 @@ MODEL_FLAGS: list[tuple[str, Any, Any]] = [
     ("vae", Optional[str], typer.Option(None, "--vae", help="Official VAE weights (.pth); default: the hub file.")),
     ("text_encoder", Optional[str], typer.Option(None, "--text-encoder", help="Flan-T5 hub id or local folder (default google/flan-t5-xl).")),
     ("device", str, typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda.")),
-    ("mixed_precision", Optional[str], typer.Option(None, "--mixed-precision", help="bfloat16 or float16 autocast for the transformer.")),
+    ("mixed_precision", Optional[str], typer.Option(
+        None, "--mixed-precision", help="bfloat16 or float16 autocast for the transformer, or none (float32); default: bfloat16 for "
+        "infinity-2b/8b on CUDA, float32 otherwise.",
+    )),
 ]
 
 
@@ -113,8 +117,8 @@ def erase(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of method settings (flags override it)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompt pairs per step."),
-    lora_rank: Optional[int] = typer.Option(None, "--rank", "--lora-rank", help="LoRA rank (0: full weights)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompt pairs per step (1 to 1024)."),
+    lora_rank: Optional[int] = typer.Option(None, "--rank", "--lora-rank", help="LoRA rank (0: full weights; at most the edited weights' smallest dimension)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between resumable states (default 50)."),
@@ -144,19 +148,28 @@ def generate(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     n: int = typer.Option(4, "-n", "--num-images", help="Images per prompt."),
     seed: int = typer.Option(0, "--seed", help="Image j of a prompt uses seed + j."),
-    out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write (one row per prompt)."),
+    out: Path = typer.Option(
+        Path("grid.png"), "--out", help="PNG grid to write (one row per prompt); over 64 images, a grid of the first and each image in a folder next to it."
+    ),
     edit: Optional[Path] = typer.Option(None, "--edit", help="A run directory (or edit.safetensors) to apply."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k per unit (0: off)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Top-p per unit (0: off)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),
+    negative_prompt: Optional[str] = typer.Option(
+        None, "--negative-prompt", help="Guide away from this text instead of the empty prompt (the unconditional branch of CFG)."
+    ),
     model_options: api.ModelOptions = None,
 ) -> None:
     """Generate images and save them as a grid."""
     images = api.generate(
-        model, prompt, n=n, seed=seed, edit=edit, out=out, model_options=model_options, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+        model, prompt, n=n, seed=seed, edit=edit, out=out, model_options=model_options, negative_prompt=negative_prompt,
+        cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
     )
-    console.print(f"wrote {len(images)} images to {out}")
+    if len(images) > MAX_GRID_IMAGES:
+        console.print(f"wrote {len(images)} images to {generated_folder(out)}/ and a grid of the first ones to {out}")
+    else:
+        console.print(f"wrote {len(images)} images to {out}")
 
 
 @app.command()
@@ -169,10 +182,10 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, grids and report.html."),
     detector: str = typer.Option("world", "--detector", help=DETECTOR_HELP),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Detector threshold (detector default if unset)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Detector threshold in [0, 1] (detector default if unset)."),
     samples: int = typer.Option(2, "--samples", help="Images per prompt."),
     max_per_group: Optional[int] = typer.Option(24, "--max-per-group", help="Prompts per group (evenly spaced)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per generation batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per generation batch, 1 to 1024 (on CUDA, fewer when they would not fit)."),
     seed: int = typer.Option(0, "--seed", help="Base seed (prompts with their own seed keep it)."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
     model_options: api.ModelOptions = None,
@@ -297,14 +310,22 @@ def train_tiny(
     console.print(table)
 
 
+INTERRUPTED = "interrupted; an unfinished erase continues with the same command and --resume"
+
+
 def main() -> None:
-    """Entry point: varerase errors become a one-line message and exit code 2."""
+    """Entry point: varerase errors become a one-line message (cut at MAX_MESSAGE characters) and exit code 2;
+    Ctrl-C says so and exits 130."""
     try:
         app()
     except VarEraseError as error:
         errors.print("[red]error:[/red] ", end="")
-        errors.print(str(error), markup=False, highlight=False)
+        errors.print(clip(str(error)), markup=False, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        errors.print("interrupted; an unfinished run continues with --resume")
+        errors.print(INTERRUPTED)
         sys.exit(130)
+    except SystemExit as exit:
+        if exit.code == 130:  # typer turns Ctrl-C inside a command into a silent exit 130
+            errors.print(INTERRUPTED)
+        raise

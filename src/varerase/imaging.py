@@ -42,3 +42,44 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     buffer = io.BytesIO()
     grid_image(images, columns, scale, row_labels=row_labels).save(buffer, format="PNG")
     return atomic_write_bytes(buffer.getvalue(), path)
+
+
+MAX_GRID_IMAGES = 64  # a grid with more is too large to look at (and, thousands wide, to open)
+MAX_GRID_COLUMNS = 8  # columns of a cut grid
+
+
+def generated_folder(grid: str | Path) -> Path:
+    """Where :func:`save_generated` writes the single images next to ``grid`` (``grid.png`` → ``grid/``)."""
+    grid = Path(grid)
+    return grid.with_suffix("") if grid.suffix else grid.with_name(grid.name + "_images")
+
+
+def save_generated(images: torch.Tensor, path: str | Path, per_prompt: int, scale: int = 1) -> Path | None:
+    """Write generated ``images`` ``[P·per_prompt, 3, H, W]`` (prompt-major) as a PNG grid at ``path``, one row per prompt.
+
+    With more than :data:`MAX_GRID_IMAGES` images the grid shows the first images
+    (:data:`MAX_GRID_COLUMNS` per prompt at most) of the first prompts that fit, and every image is
+    also written into the folder next to it (``grid.png`` → ``grid/``) as ``pPPP_iIIII.png``
+    (prompt ``PPP``, image ``IIII`` of it, i.e. seed + IIII). Returns that folder, or None when the grid holds them all.
+    """
+    import io
+
+    path = Path(path)
+    count = images.shape[0]
+    if count <= MAX_GRID_IMAGES:
+        save_grid(images, path, columns=per_prompt, scale=scale)
+        return None
+    prompts = count // per_prompt
+    columns = min(per_prompt, MAX_GRID_COLUMNS)
+    rows = min(prompts, MAX_GRID_IMAGES // columns)
+    shown = torch.cat([images[r * per_prompt : r * per_prompt + columns] for r in range(rows)])
+    save_grid(shown, path, columns=columns, scale=scale)
+    folder = generated_folder(path)
+    digits = max(3, len(str(prompts - 1))), max(4, len(str(per_prompt - 1)))
+    for start in range(0, count, 256):
+        for i, pixels in enumerate(to_uint8(images[start : start + 256]), start):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            prompt, image = divmod(i, per_prompt)
+            atomic_write_bytes(buffer.getvalue(), folder / f"p{prompt:0{digits[0]}d}_i{image:0{digits[1]}d}.png")
+    return folder

@@ -39,6 +39,21 @@ class PromptPair:
     anchor: str
     concept: str | None = None
 
+    @classmethod
+    def of(cls, value: Any) -> "PromptPair":
+        """A pair from a :class:`PromptPair`, a ``(target, anchor)`` or ``(target, anchor, concept)`` tuple, or a
+        mapping with a pair file's keys (:data:`KEY_SETS`); anything else is a DataError saying what a pair is."""
+        if isinstance(value, PromptPair):
+            return value
+        if isinstance(value, dict):
+            return _pair(value, "prompt pair")
+        if isinstance(value, (tuple, list)) and len(value) in (2, 3) and all(isinstance(v, str) or v is None for v in value):
+            where = f"prompt pair {_short(value)}"
+            target, anchor = (_text(v, k, where, required=True) for v, k in zip(value, ("target", "anchor")))
+            concept = _text(value[2], "concept", where, required=False) if len(value) == 3 else None
+            return cls(target, anchor, concept)  # type: ignore[arg-type]
+        raise DataError(f"a prompt pair is a PromptPair, a (target, anchor) tuple of strings or a mapping with keys {_EXPECTED}; got {_short(value)}")
+
 
 def _where(path: Path, line: int | None, entry: int | None = None) -> str:
     parts = [str(path)]
@@ -97,7 +112,7 @@ def _read_text(path: Path) -> str:
 
 
 def _json_entry_lines(text: str) -> list[int] | None:
-    """Best effort: the 1-based line where each entry of a top-level JSON list starts."""
+    """Best effort: the 1-based line where each entry of a top-level JSON list starts (one pass over ``text``)."""
     decoder, ws = json.JSONDecoder(), " \t\n\r"
     try:
         i = len(text) - len(text.lstrip(ws))
@@ -105,12 +120,14 @@ def _json_entry_lines(text: str) -> list[int] | None:
             return None
         i += 1
         lines: list[int] = []
+        line, counted = 1, 0  # newlines in text[:counted] are counted in line
         while True:
             while text[i] in ws:
                 i += 1
             if text[i] == "]":
                 return lines
-            lines.append(text.count("\n", 0, i) + 1)
+            line, counted = line + text.count("\n", counted, i), i
+            lines.append(line)
             _, i = decoder.raw_decode(text, i)
             while text[i] in ws:
                 i += 1

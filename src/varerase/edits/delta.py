@@ -119,6 +119,13 @@ class ParameterEdit(nn.Module):
         ]
         if not chosen:
             raise ConfigError(f"module groups {config.groups} hold no parameters this edit can change")
+        if config.lora_rank:
+            name, smallest = min(((n, min(p.shape)) for n, p in chosen), key=lambda item: item[1])
+            if config.lora_rank > smallest:
+                raise ConfigError(
+                    f"lora_rank {config.lora_rank} exceeds the smallest edited weight's dimension ({smallest}, {name}); "
+                    f"use a rank ≤ {smallest} (0: full deltas)"
+                )
         self.names = [name for name, _ in chosen]
         by_part: dict[str, list[tuple[str, nn.Parameter]]] = {}
         blocks = model.block_names()
@@ -158,6 +165,33 @@ class ParameterEdit(nn.Module):
         for part in self.parts.values():
             overrides.update(part({name: params[name] for name in part.names}, self.lora_scaling))
         return overrides
+
+    def round_merged_weights(self, model: nn.Module, dtype: torch.dtype) -> None:
+        """Set every delta to ``Δ := dtype(W + Δ) − W``, computed in float32, in place: the merged weights become ``dtype`` values.
+
+        Pure low-precision training (``update_precision="bfloat16"``) calls this after every
+        optimiser step, so no remainder finer than ``dtype`` survives in Δ. ``W + Δ`` (float32)
+        then equals the rounded value wherever float32 holds their difference exactly: when W
+        is itself a ``dtype`` value (the reference code's blocks, cast to bf16; our Infinity
+        port's linear weights under mixed precision), unless W and the new value are over 2^16
+        apart in magnitude; and, for a float32 W, when the new value keeps W's sign within a
+        factor of 2 (Sterbenz). Elsewhere — mostly a float32 W whose weight changes sign — no
+        float32 Δ reaches the ``dtype`` value: ``W + Δ`` is within half a float32 ulp of Δ of it.
+        A float32 W moves onto the ``dtype`` grid at the first call, as the reference's cast does.
+        A delta sharded by FSDP2 (a DTensor) is rounded against the same shard of W, without
+        communication. Full deltas only: a LoRA edit's ``B·A`` cannot follow the rounding (ConfigError).
+        """
+        if self.config.lora_rank:
+            raise ConfigError(f"only full edits can round their merged weights to {dtype}; this edit is LoRA (rank {self.config.lora_rank})")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, delta in self.deltas.items():
+                base = params[name].detach().to(delta.device, torch.float32)
+                if hasattr(delta, "placements"):  # a DTensor shard: W's matching slice, cut locally
+                    from torch.distributed.tensor import distribute_tensor
+
+                    base = distribute_tensor(base, delta.device_mesh, delta.placements, src_data_rank=None)
+                delta.copy_((base + delta).to(dtype).float() - base)
 
     def changed_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Merged weights ``W + Δ`` of every edited parameter in float32 (whatever W's dtype: Δ survives), detached."""

@@ -107,10 +107,13 @@ class EditedModel(ScaleWiseModel):
         switch: ConditionSwitch | None = None,
         start_override: StartOverride | None = None,
         decode: bool = True,
+        negative: TextCondition | None = None,
     ) -> Generation:
         if self.scope == "all":
-            return self._call("generate", cond, sampler, seed, switch=switch, start_override=start_override, decode=decode)
-        return self.base.generate(cond, sampler, seed, switch=switch, start_override=start_override or self._gated_start, decode=decode)
+            return self._call("generate", cond, sampler, seed, switch=switch, start_override=start_override, decode=decode, negative=negative)
+        return self.base.generate(
+            cond, sampler, seed, switch=switch, start_override=start_override or self._gated_start, decode=decode, negative=negative,
+        )
 
     def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.base.decode(maps)

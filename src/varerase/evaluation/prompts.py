@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from varerase.config import MAX_SEED
 from varerase.data.concepts import heldout_concept_prompts, world_concept_prompts
 from varerase.errors import DataError
 
@@ -67,11 +69,11 @@ def _seed(text: str, where: str) -> int | None:
     if not text:
         return None
     try:
-        value = float(text)
+        value = int(text) if text.lstrip("+-").isdigit() else float(text)
     except ValueError:
-        raise DataError(f"{where}: seed {text!r} is not a number") from None
-    if value != int(value) or value < 0:
-        raise DataError(f"{where}: seed {text!r} must be a non-negative integer")
+        raise DataError(f"{where}: seed {text[:40]!r} is not a number") from None
+    if not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_SEED:
+        raise DataError(f"{where}: seed {text[:40]!r} must be a non-negative integer below 2**64")
     return int(value)
 
 

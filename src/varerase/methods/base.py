@@ -112,7 +112,7 @@ class AuxiliaryTokenEraser(Eraser):
 
     def prepare(self) -> None:
         """Generate (or read back) the auxiliary tokens of every request in :meth:`aux_requests`."""
-        self.cache = TeacherCache(self.model, self.config.aux_sampler(), self.cache_dir)
+        self.cache = TeacherCache(self.model, self.config.aux_sampler(self.model), self.cache_dir)
         self.requests = self.aux_requests()
         self.cache.fill(self.requests, progress=self.progress)
 

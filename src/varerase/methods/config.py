@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping
 
-from varerase.config import dataclass_from_dict
+from varerase.config import MAX_BATCH_SIZE, check_int, check_seed, dataclass_from_dict
 from varerase.edits.delta import EditConfig, EditScope
 from varerase.errors import ConfigError
-from varerase.models.base import SamplerConfig
+from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.training.trainer import TrainerConfig
 
 SECTIONS: dict[str, type] = {"training": TrainerConfig, "edit": EditConfig}
@@ -33,8 +33,12 @@ class MethodConfig:
     Subclasses add their own settings and may change defaults, sections included. ``seed`` fixes
     the run's randomness (batches, dropout, initial LoRA factors). ``generation_cfg``,
     ``top_k``/``top_p`` and ``aux_seed`` fix how the frozen model generates auxiliary tokens
-    (METHODS.md §1; reference: CFG 4, temperature 1, seed 42). ``edit.scope`` belongs to the
-    method (:attr:`edit_scope`); another value is refused.
+    (METHODS.md §1; reference: CFG 4, temperature 1, top-k 900, top-p 0.97, seed 42).
+    ``top_k``/``top_p`` left at None take the model's own sampler's values
+    (``model.default_sampler``: top-k 900 / top-p 0.97 for Infinity-2B/8B, both off for the
+    built-in tiny model), resolved in :meth:`aux_sampler`; 0 turns each off. ``edit.scope``
+    belongs to the method (:attr:`edit_scope`); another value is refused. ``training``'s
+    ``update_precision="bfloat16"`` rounds full deltas only, so it refuses LoRA edits.
     """
 
     edit_scope: ClassVar[EditScope] = "all"
@@ -45,24 +49,36 @@ class MethodConfig:
     seed: int = 42
     batch_size: int = 2
     generation_cfg: float = 4.0
-    top_k: int = 0
-    top_p: float = 0.0
+    top_k: int | None = None  # None: the model's default sampler's
+    top_p: float | None = None  # None: the model's default sampler's
     aux_seed: int = 42
     samples_per_pair: int = 1
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if self.samples_per_pair < 1:
-            raise ConfigError(f"samples_per_pair must be ≥ 1, got {self.samples_per_pair}")
+        for f in fields(self):  # batch_size, benign_batch_size …: capped, so that a typo fails here and not in allocation
+            if f.name.endswith("batch_size") or f.name == "samples_per_pair":
+                check_int(getattr(self, f.name), f.name, 1, MAX_BATCH_SIZE)
+        check_seed(self.seed, "seed")
+        check_seed(self.aux_seed, "aux_seed")
         if self.generation_cfg < 0:
             raise ConfigError(f"generation_cfg must be ≥ 0, got {self.generation_cfg}")
+        if self.generation_cfg > SamplerConfig.MAX_CFG:
+            raise ConfigError(f"generation_cfg must be ≤ {SamplerConfig.MAX_CFG:g} (reference: 4), got {self.generation_cfg:g}")
+        if self.training is not None and self.training.update_precision != "float32" and self.edit.lora_rank:
+            raise ConfigError(
+                f"update_precision={self.training.update_precision!r} rounds the merged weights W + Δ of full edits; a LoRA "
+                "edit's B·A cannot follow that rounding: use lora_rank=0 or update_precision=float32"
+            )
         if self.edit.scope != self.edit_scope:
             raise ConfigError(f"this method's edit has scope {self.edit_scope!r}; leave scope unset (got {self.edit.scope!r})")
 
-    def aux_sampler(self) -> SamplerConfig:
-        """How the frozen model samples auxiliary tokens (METHODS.md §1)."""
-        return SamplerConfig(cfg=self.generation_cfg, temperature=1.0, top_k=self.top_k, top_p=self.top_p)
+    def aux_sampler(self, model: ScaleWiseModel) -> SamplerConfig:
+        """How the frozen ``model`` samples auxiliary tokens (METHODS.md §1): CFG ``generation_cfg``,
+        temperature 1, ``top_k``/``top_p`` where set, else those of ``model.default_sampler``."""
+        default = model.default_sampler
+        top_k = default.top_k if self.top_k is None else self.top_k
+        top_p = default.top_p if self.top_p is None else self.top_p
+        return SamplerConfig(cfg=self.generation_cfg, temperature=1.0, top_k=top_k, top_p=top_p)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings tree as nested plain data (what ``config.yaml`` holds)."""

@@ -19,8 +19,21 @@ __all__ = ["flatten_maps", "per_unit_cross_entropy", "per_unit_entropy", "per_un
 LN2 = math.log(2.0)
 
 
-def vare_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """VARE (§2): ``mean_batch (1/L) Σ_l mean_units CE`` — teacher-forced CE toward the anchor's tokens."""
+def vare_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """VARE (§2, the paper's Eq. 7): ``mean_batch (1/L) Σ_l mean_units ‖p_θ − p_0‖²``, a squared distance of probabilities.
+
+    ``student_logits`` (``p_θ``) and ``teacher_logits`` (``p_0``, detached here) have the same shape,
+    ``[B, L, d, 2]`` or ``[B, L, V]``. ``‖·‖²`` sums over a unit's classes: a bit whose ``P(1)`` is ``p``
+    for the student and ``q`` for the teacher gives ``(p − q)² + ((1 − p) − (1 − q))² = 2(p − q)²``;
+    an index token gives ``Σ_v (p_v − q_v)²`` over its ``V`` codes.
+    """
+    p = F.softmax(as_units(student_logits).float(), dim=-1)
+    q = F.softmax(as_units(teacher_logits).detach().float(), dim=-1)
+    return (p - q).square().sum(-1).mean()
+
+
+def vare_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """VARE's ``loss=ce`` option (§2): ``mean_batch (1/L) Σ_l mean_units CE`` — teacher-forced CE toward the anchor's sampled tokens."""
     return per_unit_cross_entropy(logits, targets).mean()
 
 

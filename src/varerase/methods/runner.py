@@ -9,7 +9,7 @@ writes the run directory, and it returns on every rank once the directory is com
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,6 +23,7 @@ from varerase.io import atomic_write_json, atomic_write_yaml
 from varerase.methods.config import MethodConfig
 from varerase.methods.registry import registered_method
 from varerase.models.base import ScaleWiseModel
+from varerase.models.loading import read_json_config
 from varerase.runtime.distributed import DistributedContext
 from varerase.training.parallel import ParallelConfig, gather_edit, shard_edit
 from varerase.training.trainer import Trainer, seed_everything
@@ -40,7 +41,7 @@ class ErasureResult:
 def run_status(run_dir: Path) -> str:
     """``"complete"``, ``"incomplete"`` (started, not finished) or ``"absent"``."""
     marker = run_dir / "run.json"
-    if marker.exists() and json.loads(marker.read_text()).get("status") == "complete":
+    if marker.exists() and read_json_config(marker, "delete it to resume the run, or choose another --out").get("status") == "complete":
         return "complete"
     return "incomplete" if run_dir.exists() and any(run_dir.iterdir()) else "absent"
 
@@ -122,7 +123,8 @@ def run_erasure(
         sharded = context.is_distributed and parallel.strategy == "fsdp"
         if sharded:  # before the optimiser exists: FSDP2 replaces the parameters by their shards
             shard_edit(eraser.edit, list(eraser.edit.parts.values()), parallel)
-        trainer = Trainer(eraser.edit, config.training, run_dir, progress=progress, context=context)
+        round_weights = functools.partial(eraser.edit.round_merged_weights, model)  # used with update_precision bfloat16
+        trainer = Trainer(eraser.edit, config.training, run_dir, progress=progress, context=context, round_weights=round_weights)
         resumed_from = trainer.step if resume and trainer.load_state() else 0
         # DDP wraps the edit after it is loaded, for training only: later uses of the edited model
         # (evaluation on one rank, say) must not wait for the other ranks' gradients.

@@ -38,10 +38,13 @@ class SVAREConfig(MethodConfig):
             raise ConfigError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
 
-# The official S-VARE settings for Infinity-2B (METHODS.md §3), flat.
+# The official S-VARE settings for Infinity-2B (METHODS.md §3), flat: its auxiliary tokens are
+# sampled with gen_one_img's defaults (CFG 4, top-k 900, top-p 0.97, temperature 1), and it
+# trains blocks cast to bfloat16 with no float32 master copy (update_precision bfloat16).
 REFERENCE_PRESET: dict[str, Any] = {
     "steps": 500, "lr": 2.34e-5, "batch_size": 2, "seed": 42, "groups": ["cross_attn", "ffn"], "betas": (0.9, 0.97),
-    "weight_decay": 0.005, "grad_clip": 5.0, "generation_cfg": 4.0, "aux_seed": 42, "condition_dropout": 0.1,
+    "weight_decay": 0.005, "grad_clip": 5.0, "generation_cfg": 4.0, "top_k": 900, "top_p": 0.97, "aux_seed": 42,
+    "condition_dropout": 0.1, "update_precision": "bfloat16",
 }
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
 
+from varerase.config import check_int, check_number, short_repr
 from varerase.errors import ConfigError
+from varerase.models import memory
 
 TokenKind = Literal["bitwise", "index"]
 Schedule = list[tuple[int, int]]
@@ -79,17 +81,25 @@ class SamplerConfig:
     top_k: int = 0
     top_p: float = 0.0
 
+    MAX_CFG: ClassVar[float] = 1000.0  # beyond it guidance overflows logits to inf (and sampling to nan)
+    MIN_TEMPERATURE: ClassVar[float] = 1e-4  # below it logits / temperature overflow
+
     def __post_init__(self) -> None:
         for name in ("cfg", "temperature"):
-            values = getattr(self, name)
-            values = [values] if isinstance(values, (int, float)) else list(values)
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (int, float, Sequence)) or isinstance(value, Sequence) and not value:
+                raise ConfigError(f"{name} must be a number or a list of numbers (one per scale), got {short_repr(value)}")
+            values = [check_number(v, name) for v in ([value] if isinstance(value, (int, float)) else value)]
             if any(v < 0 for v in values):
                 raise ConfigError(f"{name} must be ≥ 0, got {values}")
-            if name == "temperature" and any(v == 0 for v in values):
-                raise ConfigError("temperature must be > 0")
+            if name == "cfg" and any(v > self.MAX_CFG for v in values):
+                raise ConfigError(f"cfg must be ≤ {self.MAX_CFG:g} (typical: 1–10), got {max(values):g}")
+            if name == "temperature" and any(v < self.MIN_TEMPERATURE for v in values):
+                raise ConfigError(f"temperature must be > 0 (at least {self.MIN_TEMPERATURE:g}), got {min(values):g}")
+        check_int(self.top_k, "top_k")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be ≥ 0, got {self.top_k}")
-        if not 0.0 <= self.top_p <= 1.0:
+        if not 0.0 <= check_number(self.top_p, "top_p") <= 1.0:
             raise ConfigError(f"top_p must be in [0, 1], got {self.top_p}")
 
     def _per_scale(self, value: float | Sequence[float], num_scales: int, name: str) -> list[float]:
@@ -126,6 +136,16 @@ class Generation:
     def all_logits(self) -> torch.Tensor:
         """Logits of every position, ``[B, L, …]``."""
         return torch.cat(self.logits, dim=1)
+
+    @staticmethod
+    def cat(parts: Sequence["Generation"]) -> "Generation":
+        """Generations of consecutive row blocks joined along the batch (images only where every part has them)."""
+        if len(parts) == 1:
+            return parts[0]
+        maps = [torch.cat(scale) for scale in zip(*(p.maps for p in parts))]
+        logits = [torch.cat(scale) for scale in zip(*(p.logits for p in parts))]
+        images = torch.cat([p.images for p in parts]) if all(p.images is not None for p in parts) else None
+        return Generation(maps, logits, images)
 
 
 # A switch of condition: from scale ``k`` on, generate with ``condition`` (ISSA uses this).
@@ -236,6 +256,7 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         switch: ConditionSwitch | None = None,
         start_override: StartOverride | None = None,
         decode: bool = True,
+        negative: TextCondition | None = None,
     ) -> Generation:
         """KV-cached sampling of all scales (see :class:`Generation`).
 
@@ -244,6 +265,9 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         ``switch`` changes the condition from a given scale on; ``start_override`` supplies the
         scale-0 step of each branch (:class:`StartStep`): its logits, and the start position's
         context where it carries one; everything else comes from the model itself.
+        ``negative`` (batch 1, for every row, or ``B``): a negative prompt's condition, which the
+        unconditional branch of guidance uses instead of :meth:`null_condition`.
+        Implementations may sample the rows in sub-batches that fit the device (:meth:`generation_batch_size`).
         """
 
     @abc.abstractmethod
@@ -267,20 +291,46 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         """
         return []
 
+    # --- memory -------------------------------------------------------------------------------
+    def generation_row_bytes(self, guided: bool = True, text_tokens: int = 0) -> int | None:
+        """Peak device bytes one generated image adds to a generation pass (:func:`varerase.models.memory.generation_row_bytes`).
+
+        ``guided``: CFG on (two branches per image); ``text_tokens``: the padded text length.
+        None (this default): the model cannot tell, and every pass takes the rows it is given.
+        """
+        return None
+
+    def generation_batch_size(self, requested: int, guided: bool = True, text_tokens: int = 0) -> int:
+        """Rows of ``requested`` one generation pass takes: all of them off CUDA; on CUDA as many as
+        fit in the device's free memory by :meth:`generation_row_bytes` (at least 1)."""
+        row_bytes = self.generation_row_bytes(guided, text_tokens)
+        return requested if row_bytes is None else memory.generation_batch_size(requested, row_bytes, self.device)
+
     # --- conveniences -------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerConfig | None = None, batch_size: int = 64) -> torch.Tensor:
+    def generate_images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        sampler: SamplerConfig | None = None,
+        batch_size: int = 64,
+        negative_prompt: str | None = None,
+    ) -> torch.Tensor:
         """One image per ``(prompt, seed)``, in batches: ``[N, 3, H, W]`` in [0, 1].
 
-        Each row has its own seed, so an image does not depend on ``batch_size``.
+        Each row has its own seed, so an image depends on its prompt and seed, not on the batch it
+        is drawn in. ``batch_size`` prompts are encoded and handed to :meth:`generate` at once,
+        which on CUDA samples them in sub-batches that fit (:meth:`generation_batch_size`).
+        ``negative_prompt``: the text of every image's unconditional branch (see :meth:`generate`).
         """
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         sampler = sampler or self.default_sampler
+        negative = self.encode_text([negative_prompt]) if negative_prompt is not None else None
         chunks = []
         for start in range(0, len(prompts), batch_size):
             cond = self.encode_text(list(prompts[start : start + batch_size]))
-            chunks.append(self.generate(cond, sampler, seed=list(seeds[start : start + batch_size])).images)
+            chunks.append(self.generate(cond, sampler, seed=list(seeds[start : start + batch_size]), negative=negative).images)
         return torch.cat(chunks)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:

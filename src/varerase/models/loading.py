@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -46,17 +48,75 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"could not read {path} as safetensors: {error}") from error
 
 
-def read_json_config(path: str | Path) -> dict:
-    """A JSON object from ``path``; a missing or malformed file is a CheckpointError naming it."""
+def safetensors_shapes(path: str | Path) -> dict[str, torch.Size]:
+    """Key → shape of every tensor of a safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as error:  # the safetensors parser's own errors: report the file, not the parser
+        raise CheckpointError(f"could not read {path} as safetensors: {error}") from error
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Modules built inside keep their parameters on the meta device (nothing allocated, no initialisation
+    that counts); buffers, persistent or not (RoPE tables, masks), are computed as usual."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def load_pretrained_module(build: Callable[[], M], path: str | Path, device: str | torch.device = "cpu") -> M:
+    """``build()`` with the weights of safetensors file ``path``, on ``device``, checked before anything is allocated.
+
+    The module is first built on the meta device and its keys and shapes compared with the file's
+    header (:func:`check_strict`): a config that does not fit its weights fails there, even one that
+    would take terabytes. Then it is built again with its parameters on the meta device (its
+    buffers computed on ``device``) and the file's tensors are assigned to it, in the dtypes the
+    module declares.
+    """
+    path = Path(path)
+    with torch.device("meta"):
+        skeleton = build()
+    check_strict(skeleton, safetensors_shapes(path), path)
+    dtypes = {k: v.dtype for k, v in skeleton.state_dict().items()}
+    del skeleton
+    with torch.device(device), _parameters_on_meta():
+        module = build()
+    state = {k: v.to(device=device, dtype=dtypes[k]) for k, v in read_safetensors(path).items()}
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
+def read_json_config(path: str | Path, remedy: str | None = None) -> dict:
+    """A JSON object from ``path``; a missing or malformed file is a CheckpointError naming it (and ``remedy``: what to do)."""
     import json
 
     path = Path(path)
+    then = f"; {remedy}" if remedy else ""
     if not path.exists():
         raise CheckpointError(f"{path.parent} holds no {path.name}; expected a folder written by save_pretrained")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"could not read {path}: {error}") from error
+        raise CheckpointError(f"could not read {path}: {error}{then}") from error
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"{path} must hold a JSON object{then}")
     return data

@@ -33,6 +33,23 @@ OFFICIAL = {
     "infinity-8b": OfficialFiles("infinity_8b_weights", "infinity_vae_d56_f8_14_patchify.pth"),
 }
 MODEL_NAMES = ("tiny", *OFFICIAL)
+MIXED_PRECISIONS = ("bfloat16", "float16", "none")
+
+
+def default_mixed_precision(name_or_path: str, device: str | torch.device) -> str | None:
+    """The autocast dtype a model gets when none is asked for: ``bfloat16`` for ``infinity-2b`` /
+    ``infinity-8b`` on CUDA (how the official inference runs their blocks), else None (float32:
+    the tiny model, model folders, and every model on CPU)."""
+    return "bfloat16" if name_or_path in OFFICIAL and torch.device(device).type == "cuda" else None
+
+
+def resolve_mixed_precision(requested: str | None, name_or_path: str, device: str | torch.device) -> str | None:
+    """``requested`` (``bfloat16``, ``float16``, ``none`` for float32, or None for :func:`default_mixed_precision`) → the autocast dtype, None for float32."""
+    if requested is None:
+        return default_mixed_precision(name_or_path, device)
+    if requested not in MIXED_PRECISIONS:
+        raise ConfigError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {requested!r}")
+    return None if requested == "none" else requested
 
 
 def _hub_file(name: str) -> Path:
@@ -59,9 +76,13 @@ def load_model(
 
     For the official models ``checkpoint``, ``vae`` and ``text_encoder`` take local paths or hub
     ids (defaults: the official hub files); ``pixels``/``aspect_ratio`` pick the schedule.
+    ``autocast_dtype``: ``bfloat16``/``float16`` autocast, ``none`` for float32, or None for the
+    model's default (:func:`default_mixed_precision`: bfloat16 for the official models on CUDA).
+    A folder saved with autocast keeps it (its linear weights were saved in that dtype).
     """
     from varerase.models.infinity.model import InfinityModel
 
+    autocast_dtype = resolve_mixed_precision(autocast_dtype, name_or_path, device)
     path = Path(name_or_path)
     if name_or_path == "tiny":
         if not (TINY_WEIGHTS / "config.json").exists():

@@ -54,11 +54,16 @@ def sampling_generators(seed: int | Sequence[int] | None, batch: int, device: to
     if seed is None:
         return None
     if isinstance(seed, int):
-        return torch.Generator(device).manual_seed(seed)
+        return torch.Generator(device).manual_seed(_wrapped(seed))
     seeds = list(seed)
     if len(seeds) != batch:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
-    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    return [torch.Generator(device).manual_seed(_wrapped(int(s))) for s in seeds]
+
+
+def _wrapped(seed: int) -> int:
+    """``seed`` where torch's generators take it: seeds derived from a user's (``seed + j``) may pass 2**64, and wrap."""
+    return seed % 2**64 if seed >= 2**64 else seed
 
 
 def sample_rows(

@@ -16,20 +16,22 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from varerase.errors import ConfigError, VarEraseError
+from varerase.errors import CheckpointError, ConfigError, VarEraseError
 from varerase.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text
 from varerase.runtime.distributed import DistributedContext
 from varerase.runtime.progress import progress_bar
 
 UpdateFn = Callable[[torch.Tensor], float]
 StepFn = Callable[[int, UpdateFn], dict[str, float]]
+RoundFn = Callable[[torch.dtype], None]
+UPDATE_PRECISIONS = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # accepted name → canonical
 
 
 class NonFiniteLossError(VarEraseError):
@@ -38,7 +40,15 @@ class NonFiniteLossError(VarEraseError):
 
 @dataclass
 class TrainerConfig:
-    """Optimiser and loop settings (S-VARE reference values where the paper's code fixes them)."""
+    """Optimiser and loop settings (S-VARE reference values where the paper's code fixes them).
+
+    ``update_precision``: ``"float32"`` keeps the trained weights in float32 (a float32 master
+    copy: updates below bfloat16 resolution accumulate). ``"bfloat16"`` (alias ``"bf16"``) is
+    the reference code's pure-bf16 training, which casts the blocks to bfloat16 before building
+    AdamW: after every optimiser step the trained weights are rounded to bfloat16 (the edit's
+    ``W + Δ``, see :meth:`~varerase.edits.delta.ParameterEdit.round_merged_weights`), so an update
+    smaller than half a bf16 step is lost. AdamW's moments stay float32 either way.
+    """
 
     steps: int = 200
     lr: float = 1e-4
@@ -47,15 +57,21 @@ class TrainerConfig:
     grad_clip: float = 5.0
     checkpoint_every: int = 50  # steps between resumable states (and at the end)
     log_every: int = 1
+    update_precision: Literal["float32", "bfloat16", "fp32", "bf16"] = "float32"  # the aliases become their canonical name
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.update_precision not in UPDATE_PRECISIONS:
+            raise ConfigError(f"update_precision must be float32 or bfloat16 (bf16), got {self.update_precision!r}")
+        self.update_precision = UPDATE_PRECISIONS[self.update_precision]
         if self.steps < 1:
             raise ConfigError(f"steps must be ≥ 1, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.grad_clip <= 0:
-            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise ConfigError(f"grad_clip must be a positive number, got {self.grad_clip}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1) (reference: [0.9, 0.97]), got {list(self.betas)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
         if self.checkpoint_every < 1:
@@ -64,7 +80,7 @@ class TrainerConfig:
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A generator that depends only on ``(seed, step)``: batches and dropout masks replay exactly on resume."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**64)  # any seed in [0, 2**64) works
 
 
 def seed_everything(seed: int) -> None:
@@ -88,7 +104,10 @@ class Trainer:
     ``run_dir`` (optional) receives ``log.jsonl`` and ``state/``; with ``resume=True`` the loop
     continues from the last saved state (optimiser, step, RNG, parameters) bit for bit.
     ``context``: the ranks training together (default: this process alone); logged values are
-    their means, so the log reads as a single-process run's.
+    their means, so the log reads as a single-process run's. ``round_weights(dtype)`` makes the
+    weights ``module`` trains representable in ``dtype``; it runs after every optimiser step when
+    ``config.update_precision`` is not float32 (and must then be given). The saved state holds
+    the rounded parameters, so a resumed run continues from exactly what the next step would see.
     """
 
     def __init__(
@@ -98,9 +117,13 @@ class Trainer:
         run_dir: str | Path | None = None,
         progress: bool = True,
         context: DistributedContext | None = None,
+        round_weights: RoundFn | None = None,
     ) -> None:
+        if config.update_precision != "float32" and round_weights is None:
+            raise ConfigError(f"update_precision={config.update_precision!r} needs round_weights: the trainer cannot round {type(module).__name__}'s own")
         self.module = module
         self.config = config
+        self.round_weights = round_weights
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.context = context or DistributedContext()
         self.progress = progress and self.context.is_main
@@ -139,25 +162,56 @@ class Trainer:
         # Written last: its presence says the two files above belong to this step.
         atomic_write_json({"step": self.step, "history": self.history}, self.state_dir / "progress.json")
 
+    def _read_state(self) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+        """``state/``'s progress, optimiser/RNG and module files; a damaged one is a CheckpointError naming it."""
+        folder = self.state_dir
+
+        def damaged(name: str, why: object) -> CheckpointError:
+            return CheckpointError(
+                f"{folder / name} is damaged ({str(why).splitlines()[0] if str(why) else type(why).__name__}); "
+                f"delete {folder} to restart the run from step 0, or choose another --out"
+            )
+
+        try:
+            progress = json.loads((folder / "progress.json").read_text(encoding="utf-8"))
+            step, history = int(progress["step"]), list(progress["history"])
+            if step < 0 or not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in history):
+                raise ValueError("a negative step or malformed history")
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
+            raise damaged("progress.json", error) from None
+        try:
+            saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+            if not isinstance(saved, dict) or not {"optimizer", "torch_rng"} <= set(saved):
+                raise ValueError("no 'optimizer' and 'torch_rng' entries")
+        except Exception as error:  # torch.load's unpickler raises many kinds; the file is what matters
+            raise damaged("optimizer.pt", error) from None
+        try:
+            module_state = load_file(folder / "module.safetensors")
+        except Exception as error:  # the safetensors parser's own errors
+            raise damaged("module.safetensors", error) from None
+        return {"step": step, "history": history}, saved, module_state
+
     def load_state(self) -> bool:
         """Restore the last saved state (every rank reads the same files and keeps its shard); False when there is none."""
         if self.state_dir is None or not (self.state_dir / "progress.json").exists():
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        progress = json.loads((self.state_dir / "progress.json").read_text())
-        saved = torch.load(self.state_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        progress, saved, module_state = self._read_state()
         try:
             set_state_dict(
-                self.module, self.optimizer, model_state_dict=load_file(self.state_dir / "module.safetensors"),
+                self.module, self.optimizer, model_state_dict=module_state,
                 optim_state_dict=saved["optimizer"], options=StateDictOptions(full_state_dict=True, strict=True),
             )
-        except (RuntimeError, KeyError, ValueError) as error:
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
             raise ConfigError(
                 f"the resumable state in {self.state_dir} does not fit this run's edit (another method setting "
                 f"or varerase version?): {str(error).splitlines()[0]}; start a new --out"
             ) from error
-        torch.set_rng_state(saved["torch_rng"])
+        try:
+            torch.set_rng_state(saved["torch_rng"])
+        except (RuntimeError, TypeError) as error:
+            raise CheckpointError(f"{self.state_dir / 'optimizer.pt'} holds no valid RNG state ({error}); delete {self.state_dir} to restart") from None
         self.step = int(progress["step"])
         self.history = list(progress["history"])
         if self.run_dir is not None and self.context.is_main:
@@ -180,6 +234,8 @@ class Trainer:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.parameters], self.config.grad_clip)
         self.optimizer.step()
+        if self.config.update_precision != "float32":
+            self.round_weights(getattr(torch, self.config.update_precision))
         # Sharded gradients give a DTensor norm (already reduced over ranks); its value is the whole one.
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 

@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from varerase.config import check_number
+
 
 class ConceptDetector(abc.ABC):
     """Scores how strongly each concept it knows is present in images.
@@ -56,6 +58,11 @@ class ConceptDetector(abc.ABC):
             "threshold": self.threshold,
             "concepts": list(self.concepts),
         }
+
+
+def check_threshold(value: object) -> float:
+    """A detection threshold: a number in [0, 1] (scores lie in [0, 1]: above 1 nothing is ever present, below 0 everything)."""
+    return check_number(value, "threshold", 0.0, 1.0)
 
 
 def state_dict_sha256(module: nn.Module) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from varerase.errors import CheckpointError
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
-from varerase.models.loading import check_strict, load_strict, read_json_config, read_safetensors
+from varerase.models.loading import check_strict, load_strict, read_json_config, read_safetensors, safetensors_shapes
 from varerase.models.schedule import infinity_schedule
 
 # Buffers some official checkpoints carry that are not weights (the official loader drops them too).
@@ -105,13 +105,7 @@ def _read_shard(shard: Path) -> dict[str, torch.Tensor]:
 def _shard_shapes(shard: Path) -> dict[str, torch.Size]:
     """Key → shape of one shard without reading its tensors (safetensors header, or a memory-mapped .bin)."""
     if shard.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(shard), framework="pt") as f:
-                return {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()}
-        except Exception as error:
-            raise CheckpointError(f"could not read {shard} as safetensors: {error}") from error
+        return safetensors_shapes(shard)
     return {k: v.shape for k, v in _read_torch_file(shard, mmap=True).items()}
 
 

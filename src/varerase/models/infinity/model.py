@@ -16,6 +16,7 @@ from torch import nn
 
 from varerase.config import dataclass_from_dict
 from varerase.errors import CheckpointError, ConfigError
+from varerase.models import memory
 from varerase.models.base import (
     ConditionSwitch,
     Generation,
@@ -28,7 +29,7 @@ from varerase.models.base import (
 from varerase.models.infinity.bsq import CodeAccumulator, unpatchify_bits
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, PreparedCondition
 from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig
-from varerase.models.loading import load_strict, read_json_config, read_safetensors
+from varerase.models.loading import load_pretrained_module, read_json_config
 from varerase.models.sampling import cfg_combine, sample_rows, sampling_generators
 from varerase.models.text import TextEncoder, TextEncoderConfig
 
@@ -136,6 +137,20 @@ class InfinityModel(ScaleWiseModel):
             logits, caches = self.transformer.start_step(self.transformer.prepare_condition(cond.to(self.device)))
         return StartStep(logits.float(), caches)
 
+    def generation_row_bytes(self, guided: bool = True, text_tokens: int = 0) -> int:
+        """See :meth:`ScaleWiseModel.generation_row_bytes` (:func:`varerase.models.memory.generation_row_bytes` of this transformer).
+
+        The cosine attention normalises keys with ``norm``, which CUDA's autocast runs in float32,
+        so there keys are cached in float32 (as in the official code) and values in the autocast dtype.
+        """
+        compute = getattr(torch, self.autocast_dtype) if self.autocast_dtype else torch.float32
+        keys = torch.float32 if self.device.type == "cuda" else compute
+        c = self.config
+        return memory.generation_row_bytes(
+            c.schedule, c.width, c.depth, c.bits, compute, key_dtype=keys, ffn_hidden=c.ffn_hidden, guided=guided,
+            text_tokens=text_tokens, text_channels=c.text_channels,
+        )
+
     @torch.no_grad()
     def generate(
         self,
@@ -146,27 +161,72 @@ class InfinityModel(ScaleWiseModel):
         switch: ConditionSwitch | None = None,
         start_override: StartOverride | None = None,
         decode: bool = True,
+        negative: TextCondition | None = None,
     ) -> Generation:
         """KV-cached sampling (see :meth:`ScaleWiseModel.generate`).
 
         With guidance the conditional and unconditional branches run as one batch of ``2B``;
-        ``cfg = 1`` at every scale runs the conditional branch alone.
+        ``cfg = 1`` at every scale runs the conditional branch alone (and refuses a ``negative``,
+        which acts only through guidance). The unconditional branch is ``negative`` where given
+        (as the official ``gen_one_img``'s negative prompt), else ``cfg_uncond``.
+
+        The rows are sampled in sub-batches of :meth:`generation_batch_size` (all at once off
+        CUDA); each one's KV caches and prepared conditions are freed before the next, and the VAE
+        decodes afterwards in calls of a fixed number of pixels (:meth:`decode`). With per-row
+        seeds a row's maps do not depend on the sub-batch it was drawn in (up to the kernels'
+        rounding, see README); a single int seed draws from one generator in row order, which a
+        split changes.
         """
         cond = cond.to(self.device)
+        B = cond.batch_size
+        num_scales = len(self.schedule)
+        guided = any(c != 1 for c in sampler.cfgs(num_scales))
+        if switch is not None and not 0 <= switch.scale <= num_scales:
+            raise ValueError(f"switch scale {switch.scale} outside 0..{num_scales}")
+        if negative is not None:
+            if not guided:
+                raise ConfigError("a negative prompt acts through guidance, which cfg = 1 turns off; raise cfg")
+            if negative.batch_size not in (1, B):
+                raise ValueError(f"negative condition has batch {negative.batch_size}; give 1 (for every row) or {B}")
+            negative = negative.to(self.device)
+            if negative.batch_size == 1:
+                negative = TextCondition(negative.features.expand(B, -1, -1), negative.mask.expand(B, -1))
+        generators = sampling_generators(seed, B, self.device)
+        text_tokens = max(c.features.shape[1] for c in (cond, negative, switch and switch.condition) if c is not None)
+        rows = self.generation_batch_size(B, guided, text_tokens)
+        parts = []
+        for first in range(0, B, rows):
+            index = slice(first, first + rows)
+            part_switch = None if switch is None else ConditionSwitch(switch.scale, switch.condition.to(self.device).select(index))
+            part_generators = generators[index] if isinstance(generators, list) else generators
+            part_negative = None if negative is None else negative.select(index)
+            parts.append(self._sample(cond.select(index), sampler, part_generators, part_switch, start_override, part_negative))
+        generation = Generation.cat(parts)
+        if decode:
+            generation.images = self.decode(generation.maps)
+        return generation
+
+    def _sample(
+        self,
+        cond: TextCondition,
+        sampler: SamplerConfig,
+        generators: list[torch.Generator] | torch.Generator | None,
+        switch: ConditionSwitch | None,
+        start_override: StartOverride | None,
+        negative: TextCondition | None,
+    ) -> Generation:
+        """One pass of :meth:`generate` over the rows of ``cond`` (all on the device); maps and logits, no images."""
         B = cond.batch_size
         num_scales = len(self.schedule)
         cfgs, temps = sampler.cfgs(num_scales), sampler.temperatures(num_scales)
         guided = any(c != 1 for c in cfgs)
 
         def batched(c: TextCondition) -> TextCondition:
-            return TextCondition.cat([c, self.null_condition(c)]) if guided else c
+            return TextCondition.cat([c, negative if negative is not None else self.null_condition(c)]) if guided else c
 
         branch_conditions = [batched(cond)]
         if switch is not None:
-            if not 0 <= switch.scale <= num_scales:
-                raise ValueError(f"switch scale {switch.scale} outside 0..{num_scales}")
-            branch_conditions.append(batched(switch.condition.to(self.device)))
-        generators = sampling_generators(seed, B, self.device)
+            branch_conditions.append(batched(switch.condition))
 
         maps, logits_per_scale = [], []
         caches: list = [None] * len(self.transformer.blocks)
@@ -195,17 +255,23 @@ class InfinityModel(ScaleWiseModel):
                     accumulator.add(token_map)
                     nxt = self.transformer.word_embed(accumulator.next_input(k + 1).to(x.dtype))
                     x = torch.cat([nxt, nxt]) if guided else nxt
-        images = self.decode(maps) if decode else None
-        return Generation(maps=maps, logits=logits_per_scale, images=images)
+        return Generation(maps=maps, logits=logits_per_scale)
 
     @torch.no_grad()
     def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Token maps → images ``[B, 3, H, W]`` in ``[0, 1]`` through the VAE decoder."""
+        """Token maps → images ``[B, 3, H, W]`` in ``[0, 1]`` through the VAE decoder.
+
+        Decodes :func:`~varerase.models.memory.decode_batch_size` images per call (one at 1024²,
+        all of a batch of the tiny model's 32² images): a number fixed by the image size, so the
+        images do not depend on the device's free memory.
+        """
         if self.vae is None:
             raise RuntimeError("this model has no VAE; load one to decode images")
         bits = [unpatchify_bits(m) if self.config.patchify else m for m in maps]
-        images = self.vae.decode_maps([b.to(self.device) for b in bits])
-        return ((images.float() + 1) / 2).clamp(0, 1)
+        _, h, w, _ = bits[-1].shape
+        rows = memory.decode_batch_size(h * w * self.vae.config.downsample_factor**2)
+        images = [self.vae.decode_maps([b[i : i + rows].to(self.device) for b in bits]) for i in range(0, bits[0].shape[0], rows)]
+        return ((torch.cat(images).float() + 1) / 2).clamp(0, 1)
 
     def module_groups(self) -> dict[str, list[nn.Module]]:
         """Groups of the transformer (see :meth:`ScaleWiseModel.module_groups`).
@@ -270,12 +336,14 @@ class InfinityModel(ScaleWiseModel):
         if not isinstance(config.get("transformer"), dict):
             raise CheckpointError(f"{directory / 'config.json'} has no 'transformer' settings")
         source = str(directory / "config.json")
-        transformer = InfinityTransformer(dataclass_from_dict(InfinityConfig, config["transformer"], f"{source}: transformer"))
-        load_strict(transformer, read_safetensors(directory / "transformer.safetensors"), directory / "transformer.safetensors")
+        # Built on the meta device and checked against the weight files' headers first: a config that
+        # does not fit its weights fails before anything is allocated (load_pretrained_module).
+        transformer_config = dataclass_from_dict(InfinityConfig, config["transformer"], f"{source}: transformer")
+        transformer = load_pretrained_module(lambda: InfinityTransformer(transformer_config), directory / "transformer.safetensors", device)
         vae = None
         if "vae" in config and (directory / "vae.safetensors").exists():
-            vae = BitwiseVAE(dataclass_from_dict(BitwiseVAEConfig, config["vae"], f"{source}: vae"))
-            load_strict(vae, read_safetensors(directory / "vae.safetensors"), directory / "vae.safetensors")
+            vae_config = dataclass_from_dict(BitwiseVAEConfig, config["vae"], f"{source}: vae")
+            vae = load_pretrained_module(lambda: BitwiseVAE(vae_config), directory / "vae.safetensors", device)
         if text_encoder is None and "text_encoder" in config:
             saved = TextEncoderConfig.from_saved(config["text_encoder"], f"{source}: text_encoder")
             text_encoder = TextEncoder.from_config(saved, relative_to=directory)

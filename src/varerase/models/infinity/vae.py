@@ -26,7 +26,7 @@ from varerase.config import dataclass_from_dict
 from varerase.errors import CheckpointError, ConfigError
 from varerase.io import atomic_save_safetensors, atomic_write_json
 from varerase.models.infinity.bsq import Schedule, bits_to_codes, multiscale_quantize, upsample
-from varerase.models.loading import load_strict, read_json_config, read_safetensors
+from varerase.models.loading import load_pretrained_module, load_strict, read_json_config, read_safetensors
 
 _NORM_EPS = 1e-6
 # The official quantizer registers the MSB-first bit weights ``2^(d-1) … 1`` as a buffer, saved
@@ -332,9 +332,8 @@ class BitwiseVAE(nn.Module):
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         if not config_path.exists() or not weights_path.exists():
             raise CheckpointError(f"{directory} needs config.json and model.safetensors (written by save_pretrained)")
-        vae = cls(dataclass_from_dict(BitwiseVAEConfig, read_json_config(config_path), str(config_path)))
-        load_strict(vae, read_safetensors(weights_path), weights_path)
-        return vae.to(device).eval()
+        config = dataclass_from_dict(BitwiseVAEConfig, read_json_config(config_path), str(config_path))
+        return load_pretrained_module(lambda: cls(config), weights_path, device).eval()  # checked on the meta device first
 
 
 def _official_wrapper(module: nn.Module) -> str | None:
