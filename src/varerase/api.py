@@ -26,7 +26,8 @@ from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
 from varerase.edits.file_format import load_edit
 from varerase.errors import ConfigError
-from varerase.methods.registry import METHODS, method_config, preset_for, registered_method
+from varerase.methods.config import MethodConfig
+from varerase.methods.registry import METHODS, preset_for, registered_method
 from varerase.methods.runner import ErasureResult, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model, resolve_mixed_precision
@@ -158,6 +159,14 @@ def _model_label(model: str | ScaleWiseModel) -> str:
     return model if isinstance(model, str) else type(model).__name__
 
 
+def _erase_settings(
+    method: str, model: str | ScaleWiseModel, preset: str | None = None, settings: Mapping[str, Any] | None = None, config_file: str | Path | None = None
+) -> tuple[str | None, MethodConfig]:
+    """The preset a run uses (the registry's preset rule) and its settings tree, built once, before any model loads."""
+    preset = preset_for(method, model, preset)
+    return preset, registered_method(method).config(preset, dict(settings or {}), str(config_file) if config_file else None)
+
+
 def _erase_loaded(
     loaded: ScaleWiseModel,
     model: str | ScaleWiseModel,
@@ -166,9 +175,7 @@ def _erase_loaded(
     retain: Sequence[str],
     *,
     out: str | Path | None,
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    settings: Mapping[str, Any] | None = None,
+    settings: tuple[str | None, MethodConfig],
     resume: bool = False,
     progress: bool = True,
     context: DistributedContext | None = None,
@@ -176,9 +183,8 @@ def _erase_loaded(
     activation_checkpointing: bool = False,
     record: Mapping[str, Any] | None = None,
 ) -> ErasureResult:
-    """The one erasure step of every pipeline: settings (preset rule, YAML, overrides) resolved once, then the run."""
-    preset = preset_for(method, model, preset)
-    config = registered_method(method).config(preset, dict(settings or {}), str(config_file) if config_file else None)
+    """The one erasure step of every pipeline: the run of ``method`` with ``settings`` from :func:`_erase_settings`."""
+    preset, config = settings
     parallel = parallel or ParallelConfig()
     loaded.set_activation_checkpointing(activation_checkpointing)
     extra = {
@@ -219,7 +225,7 @@ def erase(
     ``activation_checkpointing`` recomputes each transformer block in backward instead of keeping
     its activations (less memory, about one more forward per step).
     """
-    method_config(method, preset_for(method, model, preset), settings, str(config_file) if config_file else None)  # bad settings fail before a model loads
+    resolved = _erase_settings(method, model, preset, settings, config_file)  # bad settings fail before a model loads
     prompt_pairs, retain = erasure_prompts(concepts, pairs)
     options = ModelOptions.of(model_options)
     parallel_config = ParallelConfig(parallel, param_dtype=resolve_mixed_precision(options.mixed_precision, _model_label(model), options.device))
@@ -227,7 +233,7 @@ def erase(
     loaded = resolve_model(model, options=options)
     record = {"concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None}
     return _erase_loaded(
-        loaded, model, method, prompt_pairs, retain, out=out, preset=preset, config_file=config_file, settings=settings, resume=resume,
+        loaded, model, method, prompt_pairs, retain, out=out, settings=resolved, resume=resume,
         progress=progress, context=context, parallel=parallel_config, activation_checkpointing=activation_checkpointing, record=record,
     )
 
@@ -428,12 +434,12 @@ def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "
     started = time.perf_counter()
     out = Path(out)
     pairs, retain, targets, others = demo_prompts(concept)
-    method_config(method, preset_for(method, "tiny", None), {"steps": steps})  # bad settings fail before any work
+    resolved = _erase_settings(method, "tiny", None, {"steps": steps})  # bad settings fail before any work
     loaded = load_model("tiny")
     detector = load_world_detector()
     before = measure_world_erasure(loaded, concept, targets, others, detector)
     result = _erase_loaded(
-        loaded, "tiny", method, pairs, retain, out=out / "run", settings={"steps": steps}, resume=(out / "run").exists(),
+        loaded, "tiny", method, pairs, retain, out=out / "run", settings=resolved, resume=(out / "run").exists(),
         progress=progress, record={"concepts": [concept]},
     )
     after = measure_world_erasure(result.model, concept, targets, others, detector)
@@ -475,8 +481,7 @@ def benchmark(
     if not concepts:
         raise ConfigError("give at least one concept to benchmark, e.g. --concepts circle,red")
     methods = list(METHOD_NAMES) if list(methods) in (["all"], []) else list(methods)
-    for method in methods:
-        method_config(method, preset_for(method, model, preset))  # unknown names and presets fail before any work
+    resolved = {method: _erase_settings(method, model, preset) for method in methods}  # unknown names and presets fail before any work
     world_concept_prompts(concepts)
     context, options = _join_ranks(model_options)
     progress = progress and context.is_main
@@ -489,7 +494,7 @@ def benchmark(
         for method in methods:
             run_dir = out / concept / method
             result = _erase_loaded(
-                loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, preset=preset, resume=run_dir.exists(),
+                loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[method], resume=run_dir.exists(),
                 progress=progress, context=context, record={"concepts": [concept]},
             )
             metrics = run_evaluation(
