@@ -12,8 +12,10 @@ Estimated: GPU memory per rank for Infinity-2B/8B erasure settings, from paramet
 (meta device, no download): frozen weights as ``--mixed-precision bfloat16`` stores them (linear
 weights bf16, the rest float32), Flan-T5-XL encoder in float32, the trainable state (16 B per
 trainable parameter: fp32 Δ, gradient, two AdamW moments; divided by N under FSDP) and the
-overrides ``W + Δ`` alive from forward to backward (bf16). Activations, the VAE, the CUDA context
-and fragmentation are not included. GB = 1e9 bytes.
+overrides ``W + Δ`` alive from forward to backward (bf16); the VAE, the CUDA context and
+fragmentation are not included. A second table gives the activations of one teacher-forced
+step (``varerase.models.memory.teacher_forcing_bytes``, checked against CPU allocations at small
+sizes), which add to the first table's totals. GB = 1e9 bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from varerase.models.base import TextCondition
 from varerase.models.infinity.checkpoint import PRESETS
 from varerase.models.infinity.model import InfinityModel
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
+from varerase.models.memory import teacher_forcing_bytes
 from varerase.models.units import flatten_maps, per_unit_cross_entropy
 
 T5_XL_ENCODER_PARAMS = 1.22e9  # google/flan-t5-xl encoder
@@ -149,6 +152,25 @@ def estimated_table(gpus: int) -> str:
     return "\n".join(lines)
 
 
+def activation_table() -> str:
+    """Activations of one teacher-forced forward + backward at 1M pixels, bf16 (:func:`varerase.models.memory.teacher_forcing_bytes`)."""
+    lines = [
+        "Estimated activations of one teacher-forced step per GPU (GB), 1M pixels (10,521 positions), --mixed-precision bfloat16",
+        "",
+        "| model | rows per GPU | without checkpointing | --activation-checkpointing |",
+        "|---|---|---|---|",
+    ]
+    for name in ("infinity-2b", "infinity-8b"):
+        config = PRESETS[name]("1M")
+        for rows in (1, 2):
+            cells = [
+                teacher_forcing_bytes(config.schedule, config.width, config.depth, rows, torch.bfloat16, ffn_hidden=config.ffn_hidden, checkpointing=c) / 1e9
+                for c in (False, True)
+            ]
+            lines.append(f"| {name} | {rows} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=8)
@@ -158,7 +180,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.estimate_only:
         print(measured_table(args), end="\n\n")
-    print(estimated_table(args.gpus))
+    print(estimated_table(args.gpus), end="\n\n")
+    print(activation_table())
 
 
 if __name__ == "__main__":

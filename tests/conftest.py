@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -115,3 +116,38 @@ class FunctionDetector(ConceptDetector):
 
     def weights_hash(self) -> str:
         return "none"
+
+
+# --- the command line in this process (bad-input and run-integrity tests) ---------------------
+
+
+def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
+    """``varerase ARGS`` through ``main``: (exit code, what it wrote to stderr)."""
+    argv, sys.argv = sys.argv, ["varerase", *map(str, args)]
+    try:
+        from varerase.cli import main
+
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model is a test failure: the case must be refused before that work."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("varerase.api.load_model", refuse)
+
+
+def refused(capsys: pytest.CaptureFixture, args: list[object], message: str) -> str:
+    code, err = cli(capsys, *args)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err

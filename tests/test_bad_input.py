@@ -8,7 +8,6 @@ the ``no_model`` fixture makes loading one an AssertionError, which ``main`` doe
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import pytest
@@ -16,41 +15,10 @@ import torch
 from torch import nn
 
 import varerase.api as ve
-from varerase.cli import main
+from conftest import cli, refused
 from varerase.data.pairs import PromptPair
 from varerase.errors import CheckpointError, ConfigError, DataError
 from varerase.methods.registry import method_config
-
-
-def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
-    """``varerase ARGS`` through ``main``: (exit code, what it wrote to stderr)."""
-    argv, sys.argv = sys.argv, ["varerase", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
-
-
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loading a model is a test failure: the case must be refused before that work."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a model was loaded before the bad input was refused")
-
-    monkeypatch.setattr("varerase.api.load_model", refuse)
-
-
-def refused(capsys: pytest.CaptureFixture, args: list[object], message: str) -> str:
-    code, err = cli(capsys, *args)
-    assert code == 2 and message in err, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
-
 
 # --- refused before any model loads ---------------------------------------------------------
 
@@ -249,14 +217,22 @@ STATE_DAMAGE = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["unit", "legacy"])
 @pytest.mark.parametrize("name, damage", STATE_DAMAGE)
-def test_damaged_resumable_state_is_a_checkpoint_error_naming_the_file(tmp_path, name, damage):
+def test_damaged_resumable_state_is_a_checkpoint_error_naming_the_file(tmp_path, name, damage, layout):
+    """A damaged file of a state folder fails its manifest; in the flat state of earlier versions, its own reading."""
     from varerase.training.trainer import Trainer, TrainerConfig
 
     torch.manual_seed(0)
     trainer = Trainer(nn.Linear(3, 2), TrainerConfig(steps=2, checkpoint_every=1), tmp_path, progress=False)
     trainer.save_state()
-    (tmp_path / "state" / name).write_bytes(damage)
+    unit = tmp_path / "state" / "step-00000000"
+    if layout == "legacy":
+        for file in unit.iterdir():
+            file.rename(tmp_path / "state" / file.name)
+        (tmp_path / "state" / "manifest.json").unlink()
+        unit.rmdir()
+    (unit if layout == "unit" else tmp_path / "state").joinpath(name).write_bytes(damage)
     resumed = Trainer(nn.Linear(3, 2), TrainerConfig(steps=2, checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.")) as error:
         resumed.load_state()

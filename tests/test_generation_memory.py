@@ -133,3 +133,29 @@ def test_the_vae_decodes_a_fixed_number_of_pixels_per_call():
     assert memory.decode_batch_size(1024 * 1024) == 1
     assert memory.decode_batch_size(32 * 32) == 1024
     assert memory.decode_batch_size(2048 * 2048) == 1
+
+
+@pytest.mark.parametrize(
+    "autocast_dtype, rows, schedule, checkpointing",
+    [(None, 2, SCHEDULE, False), (None, 4, SCHEDULE + [(12, 12)], False), ("bfloat16", 2, SCHEDULE, False), (None, 2, SCHEDULE, True)],
+)
+def test_teacher_forcing_estimate_is_within_20_percent_of_what_a_cpu_step_keeps(autocast_dtype, rows, schedule, checkpointing):
+    """Without checkpointing: what the forward keeps for backward; with it: the peak during backward (gradients aside)."""
+    torch.manual_seed(0)
+    config = tiny_transformer_config(depth=4, width=128, mlp_ratio=4.0, ffn_multiple=64, bits=12, schedule=schedule)
+    model = InfinityModel(InfinityTransformer(config), None, None, autocast_dtype).eval()
+    model.set_activation_checkpointing(checkpointing)
+    cond = random_condition(rows)
+    maps = model.generate(cond, SamplerConfig(cfg=1.0), seed=list(range(rows)), decode=False).maps
+    for parameter in model.parameters():  # gradients flow through every activation, as they do to an edit's deltas
+        parameter.requires_grad_(True)
+    tracker = LiveTensorBytes([*model.state_dict().values(), *model.transformer.buffers(), cond.features, cond.mask, *maps])
+    with tracker:
+        logits = model.teacher_forced_logits(cond, maps)
+        kept = tracker.now - logits.numel() * logits.element_size()
+        logits.float().square().mean().backward()
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters())
+    measured = tracker.peak - gradients if checkpointing else kept
+    dtype = getattr(torch, autocast_dtype) if autocast_dtype else torch.float32
+    estimate = memory.teacher_forcing_bytes(schedule, config.width, config.depth, rows, dtype, ffn_hidden=config.ffn_hidden, checkpointing=checkpointing)
+    assert 0.8 < estimate / measured < 1.2, (estimate, measured)

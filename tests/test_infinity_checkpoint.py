@@ -124,3 +124,28 @@ def test_sharded_checkpoint_with_a_wrong_shape_is_refused_before_any_weight_is_w
     with pytest.raises(CheckpointError, match="head.weight"):
         load_official_transformer(fresh, tmp_path)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+@pytest.mark.parametrize("saved_length", [5, 12])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_cfg_uncond_of_another_length_is_fitted_as_the_official_loader_does(tiny_model, tmp_path, saved_length, sharded):
+    """Official rule: keep the first min(T_saved, text_max_length) rows; pad a shorter one with the initial rows."""
+    from varerase.models.infinity.transformer import initial_cfg_uncond
+
+    config = tiny_model.config  # text_max_length 8
+    state = _official_state(tiny_model.transformer)
+    saved = torch.randn(saved_length, config.text_channels, generator=torch.Generator().manual_seed(1))
+    state["cfg_uncond"] = saved
+    if sharded:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+        source = tmp_path
+    else:
+        torch.save(state, tmp_path / "infinity.pth")
+        source = tmp_path / "infinity.pth"
+    fresh = InfinityTransformer(config)
+    with pytest.warns(UserWarning, match=f"cfg_uncond has {saved_length} text positions but text_max_length is 8"):
+        load_official_transformer(fresh, source)
+    expected = saved[:8] if saved_length > 8 else torch.cat([saved, initial_cfg_uncond(8, config.text_channels)[saved_length:]])
+    assert torch.equal(fresh.cfg_uncond.data, expected)
+    others = {k: v for k, v in fresh.state_dict().items() if k != "cfg_uncond"}
+    assert all(torch.equal(v, tiny_model.transformer.state_dict()[k]) for k, v in others.items())

@@ -28,10 +28,11 @@ from varerase.edits.file_format import load_edit
 from varerase.errors import ConfigError
 from varerase.methods.config import MethodConfig
 from varerase.methods.registry import METHODS, preset_for, registered_method
-from varerase.methods.runner import ErasureResult, run_erasure
+from varerase.methods.runner import ErasureResult, check_run_folder, run_erasure
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model, resolve_mixed_precision
 from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.output_folders import build_in_place
 from varerase.runtime.progress import progress_bar
 from varerase.training.parallel import ParallelConfig
 
@@ -99,12 +100,19 @@ class ModelOptions:
 
 @checked_arguments
 def resolve_model(
-    model: str | ScaleWiseModel = "tiny", edit: str | Path | None = None, options: ModelOptions | Mapping[str, Any] | None = None
+    model: str | ScaleWiseModel = "tiny",
+    edit: str | Path | None = None,
+    options: ModelOptions | Mapping[str, Any] | None = None,
+    force_edit: bool = False,
 ) -> ScaleWiseModel:
-    """A model object from a name/path (loaded with ``options``), with an edit applied if given."""
+    """A model object from a name/path (loaded with ``options``), with an edit applied if given.
+
+    The edit of an unfinished run, or one made for another base model, is refused unless
+    ``force_edit`` (:func:`varerase.edits.file_format.load_edit`).
+    """
     if isinstance(model, str):
         model = load_model(model, **ModelOptions.of(options).load_kwargs())
-    return load_edit(model, edit) if edit is not None else model
+    return load_edit(model, edit, force=force_edit) if edit is not None else model
 
 
 def sampler_for(model: ScaleWiseModel, **overrides: Any) -> SamplerConfig:
@@ -177,13 +185,15 @@ def _erase_loaded(
     out: str | Path | None,
     settings: tuple[str | None, MethodConfig],
     resume: bool = False,
+    reuse_finished: bool = False,
     progress: bool = True,
     context: DistributedContext | None = None,
     parallel: ParallelConfig | None = None,
     activation_checkpointing: bool = False,
     record: Mapping[str, Any] | None = None,
 ) -> ErasureResult:
-    """The one erasure step of every pipeline: the run of ``method`` with ``settings`` from :func:`_erase_settings`."""
+    """The one erasure step of every pipeline: the run of ``method`` with ``settings`` from :func:`_erase_settings`
+    (``resume``/``reuse_finished``: :func:`varerase.methods.runner.run_erasure`)."""
     preset, config = settings
     parallel = parallel or ParallelConfig()
     loaded.set_activation_checkpointing(activation_checkpointing)
@@ -193,7 +203,7 @@ def _erase_loaded(
     }
     return run_erasure(
         loaded, method, list(prompt_pairs), config, list(retain), run_dir=out, resume=resume, progress=progress,
-        extra_config=extra, context=context, parallel=parallel,
+        extra_config=extra, context=context, parallel=parallel, reuse_finished=reuse_finished,
     )
 
 
@@ -227,6 +237,8 @@ def erase(
     """
     resolved = _erase_settings(method, model, preset, settings, config_file)  # bad settings fail before a model loads
     prompt_pairs, retain = erasure_prompts(concepts, pairs)
+    if out is not None:
+        check_run_folder(out)  # a user's folder is refused before a model loads
     options = ModelOptions.of(model_options)
     parallel_config = ParallelConfig(parallel, param_dtype=resolve_mixed_precision(options.mixed_precision, _model_label(model), options.device))
     context, options = _join_ranks(options)
@@ -247,6 +259,7 @@ def generate(
     n: int = 1,
     seed: int = 0,
     edit: str | Path | None = None,
+    force_edit: bool = False,
     batch_size: int = 64,
     out: str | Path | None = None,
     model_options: ModelOptions | Mapping[str, Any] | None = None,
@@ -262,7 +275,9 @@ def generate(
     it instead of the empty condition (needs cfg ≠ 1). ``sampling`` overrides
     cfg/temperature/top_k/top_p. With ``out`` the images are also written there as a PNG grid,
     one row per prompt (more than 64 images: a cut grid, and every image in the folder next to it,
-    :func:`varerase.imaging.save_generated`). ``progress`` shows a bar when there is more than one pass.
+    :func:`varerase.imaging.save_generated`); it must be a ``.png`` file in a folder that can be
+    written into, checked before any work. ``progress`` shows a bar when there is more than one pass.
+    ``force_edit``: see :func:`resolve_model`.
     """
     if not prompts:
         raise ConfigError("give at least one prompt")
@@ -270,7 +285,11 @@ def generate(
     check_seed(seed, "seed", count=n)
     check_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
     sampling_overrides(sampling, takes=generate)
-    loaded = resolve_model(model, edit, model_options)
+    if out is not None:
+        from varerase.imaging import check_image_path
+
+        check_image_path(out)
+    loaded = resolve_model(model, edit, model_options, force_edit)
     texts, seeds = [p for p in prompts for _ in range(n)], [seed + j for _ in prompts for j in range(n)]
     sampler = sampler_for(loaded, **sampling)
     chunks = []
@@ -310,6 +329,7 @@ def evaluate(
     model: str | ScaleWiseModel = "tiny",
     *,
     edit: str | Path | None = None,
+    force_edit: bool = False,
     concepts: Sequence[str] = (),
     prompts_file: str | Path | None = None,
     out: str | Path = "runs/eval",
@@ -326,7 +346,10 @@ def evaluate(
 ) -> dict:
     """Generate, detect and score; with ``edit``, compare the edited model against the original.
 
-    Writes ``metrics.json`` (every figure and setting), image grids and ``report.html`` into ``out``.
+    Writes ``metrics.json`` (every figure and setting), image grids and ``report.html`` into ``out``:
+    built next to it and renamed into place, so ``out`` holds a whole evaluation or its old content,
+    never a mix. ``out`` must be new, empty or an earlier evaluation (replaced); an erase run's folder
+    or any other folder is refused before work. ``force_edit``: see :func:`resolve_model`.
     """
     from varerase.evaluation.detectors.registry import check_detector, load_detector
     from varerase.evaluation.evaluate import evaluate as run_evaluation
@@ -338,18 +361,33 @@ def evaluate(
     check_detector(detector, threshold)
     sampling_overrides(sampling, takes=evaluate)
     groups = evaluation_prompt_groups(concepts, prompts_file, max_per_group)
+    check_evaluation_folder(out)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, options=options)
     scorer = load_detector(detector, list(concepts), clip_model, threshold)
     measured = list(concepts) or list(scorer.concepts)
-    edited = load_edit(loaded, edit) if edit is not None else None
-    metrics = run_evaluation(
-        edited or loaded, groups, scorer, sampler_for(loaded, **sampling), samples_per_prompt, batch_size, seed, out,
-        measured, reference_model=loaded if edited is not None else None, progress=progress, context=context,
-    )
-    if context.is_main:
-        build_report(out)
+    edited = load_edit(loaded, edit, force=force_edit) if edit is not None else None
+    with build_in_place(out, writes=context.is_main) as folder:
+        metrics = run_evaluation(
+            edited or loaded, groups, scorer, sampler_for(loaded, **sampling), samples_per_prompt, batch_size, seed, folder,
+            measured, reference_model=loaded if edited is not None else None, progress=progress, context=context,
+        )
+        if context.is_main:
+            build_report(folder)
     return metrics
+
+
+def check_evaluation_folder(out: str | Path) -> None:
+    """Refuse an evaluation ``out`` that is an erase run or a user's folder (an earlier evaluation is replaced)."""
+    from varerase.runtime.output_folders import check_writable, folder_kind, refuse_user_folder
+
+    out = Path(out)
+    kind = folder_kind(out)
+    if kind == "erase-run":
+        raise ConfigError(f"{out} is an erase run; evaluate into a folder of its own, e.g. --out {out / 'eval'}")
+    if kind == "other":
+        refuse_user_folder(out, "evaluation (metrics.json)")
+    check_writable(out.absolute().parent)
 
 
 @checked_arguments
@@ -365,6 +403,7 @@ def attack(
     model: str | ScaleWiseModel = "tiny",
     *,
     edit: str | Path | None = None,
+    force_edit: bool = False,
     name: str = "paraphrase",
     concept: str = "circle",
     out: str | Path = "runs/attack",
@@ -377,13 +416,14 @@ def attack(
     """Run attack ``name`` against the (edited) model; writes ``attack.json`` and images into ``out``.
 
     Under ``torchrun`` the ranks share the work (each loads the model onto its own GPU); rank 0 writes.
+    ``force_edit``: see :func:`resolve_model`.
     """
     from varerase.evaluation.attacks.registry import run_attack
     from varerase.evaluation.detectors.registry import check_detector, load_detector
 
     check_detector(detector)
     context, options = _join_ranks(model_options)
-    loaded = resolve_model(model, edit, options)
+    loaded = resolve_model(model, edit, options, force_edit)
     scorer = load_detector(detector, [concept], clip_model)
     return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress, context)
 
@@ -393,6 +433,7 @@ def issa(
     model: str | ScaleWiseModel = "tiny",
     *,
     edit: str | Path | None = None,
+    force_edit: bool = False,
     concept: str = "circle",
     out: str | Path = "runs/issa",
     seeds: int = 8,
@@ -404,6 +445,7 @@ def issa(
     """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``.
 
     Under ``torchrun`` the ranks share the pairs out (each loads the model onto its own GPU); rank 0 writes.
+    ``force_edit``: see :func:`resolve_model`.
     """
     from varerase.evaluation.detectors.registry import check_detector, load_detector
     from varerase.evaluation.issa import run_issa
@@ -415,7 +457,7 @@ def issa(
     prompt_pairs = list(world_concept_prompts([concept]).pairs)
     chosen = prompt_pairs[:: max(1, len(prompt_pairs) // max_pairs)][:max_pairs]
     context, options = _join_ranks(model_options)
-    loaded = resolve_model(model, edit, options)
+    loaded = resolve_model(model, edit, options, force_edit)
     scorer = load_detector(detector, [concept]) if detector else None
     return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress, context)
 
@@ -425,7 +467,7 @@ def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "
     """The main job: erase ``concept`` from the built-in model with ``method`` and measure before/after.
 
     Writes the run (``out/run``), ``out/before_after.png`` and ``out/demo.json``; returns a
-    :class:`varerase.tiny.demo.DemoResult`. An existing ``out/run`` is resumed.
+    :class:`varerase.tiny.demo.DemoResult`. An existing ``out/run`` is resumed, or reused when finished.
     """
     from varerase.evaluation.detectors.registry import load_world_detector
     from varerase.io import atomic_write_json
@@ -439,7 +481,7 @@ def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "
     detector = load_world_detector()
     before = measure_world_erasure(loaded, concept, targets, others, detector)
     result = _erase_loaded(
-        loaded, "tiny", method, pairs, retain, out=out / "run", settings=resolved, resume=(out / "run").exists(),
+        loaded, "tiny", method, pairs, retain, out=out / "run", settings=resolved, resume=True, reuse_finished=True,
         progress=progress, record={"concepts": [concept]},
     )
     after = measure_world_erasure(result.model, concept, targets, others, detector)
@@ -494,13 +536,14 @@ def benchmark(
         for method in methods:
             run_dir = out / concept / method
             result = _erase_loaded(
-                loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[method], resume=run_dir.exists(),
-                progress=progress, context=context, record={"concepts": [concept]},
+                loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[method], resume=True,
+                reuse_finished=True, progress=progress, context=context, record={"concepts": [concept]},
             )
-            metrics = run_evaluation(
-                result.model, groups, detector, loaded.default_sampler, samples_per_prompt, 48, 0, run_dir / "eval", [concept],
-                reference_model=loaded, progress=progress, context=context,
-            )
+            with build_in_place(run_dir / "eval", writes=context.is_main) as folder:
+                metrics = run_evaluation(
+                    result.model, groups, detector, loaded.default_sampler, samples_per_prompt, 48, 0, folder, [concept],
+                    reference_model=loaded, progress=progress, context=context,
+                )
             rows.append(benchmark_row(concept, method, metrics, result.metrics))
             if context.is_main:
                 atomic_write_json(rows, out / "results.json")

@@ -51,6 +51,14 @@ ATTACK_SET_HELP = (
     "(ring-a-bell); repeatable."
 )
 
+FORCE_EDIT_HELP = "Apply --edit even if its run is unfinished or it was made for another base model (refused otherwise)."
+
+
+def force_edit_option() -> Any:
+    """The ``--force-edit`` flag of the commands that take ``--edit``."""
+    return typer.Option(False, "--force-edit", help=FORCE_EDIT_HELP)
+
+
 # The flags of every command that loads a model, declared once; a command receives them as one api.ModelOptions.
 MODEL_FLAGS: list[tuple[str, Any, Any]] = [
     ("checkpoint", Optional[str], typer.Option(
@@ -120,7 +128,9 @@ def erase(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompt pairs per step (1 to 1024)."),
     lora_rank: Optional[int] = typer.Option(None, "--rank", "--lora-rank", help="LoRA rank (0: full weights; at most the edited weights' smallest dimension)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run in --out with the same settings (or extend a finished one: more --steps)."
+    ),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between resumable states (default 50)."),
     settings: list[str] = typer.Option([], "--set", help="Any method setting as KEY=VALUE (e.g. --set rho=0.25 --set update=joint); repeatable."),
     parallel: str = typer.Option("ddp", "--parallel", help=PARALLEL_HELP),
@@ -152,6 +162,7 @@ def generate(
         Path("grid.png"), "--out", help="PNG grid to write (one row per prompt); over 64 images, a grid of the first and each image in a folder next to it."
     ),
     edit: Optional[Path] = typer.Option(None, "--edit", help="A run directory (or edit.safetensors) to apply."),
+    force_edit: bool = force_edit_option(),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k per unit (0: off)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Top-p per unit (0: off)."),
@@ -163,7 +174,7 @@ def generate(
 ) -> None:
     """Generate images and save them as a grid."""
     images = api.generate(
-        model, prompt, n=n, seed=seed, edit=edit, out=out, model_options=model_options, negative_prompt=negative_prompt,
+        model, prompt, n=n, seed=seed, edit=edit, force_edit=force_edit, out=out, model_options=model_options, negative_prompt=negative_prompt,
         cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
     )
     if len(images) > MAX_GRID_IMAGES:
@@ -177,6 +188,7 @@ def generate(
 def evaluate(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of an erasure: compare edited vs original."),
+    force_edit: bool = force_edit_option(),
     concept: list[str] = typer.Option([], "--concept", help="World concept(s) to measure (built-in model)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt CSV (I2P, Six-CD or COCO-30k columns)."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, grids and report.html."),
@@ -192,7 +204,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model (or an edit against its original): presence, erasure, prompt-following, FID/KID, report."""
     metrics = api.evaluate(
-        model, edit=edit, concepts=concept, prompts_file=prompts, out=out, detector=detector, clip_model=clip_model, threshold=threshold,
+        model, edit=edit, force_edit=force_edit, concepts=concept, prompts_file=prompts, out=out, detector=detector, clip_model=clip_model, threshold=threshold,
         samples_per_prompt=samples, max_per_group=max_per_group, batch_size=batch_size, seed=seed, model_options=model_options, cfg=cfg,
     )
     if not api.is_main_process():
@@ -224,6 +236,7 @@ def attack(
     attack_name: str = typer.Option("paraphrase", "--attack", help=f"Attack: {', '.join(api.attack_names())}."),
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of the erasure to attack."),
+    force_edit: bool = force_edit_option(),
     concept: str = typer.Option("circle", "--concept", help="The erased concept to bring back."),
     out: Path = typer.Option(..., "--out", help="Folder for attack.json and images."),
     detector: str = typer.Option("world", "--detector", help=DETECTOR_HELP),
@@ -233,7 +246,7 @@ def attack(
 ) -> None:
     """Try to bring an erased concept back; reports the attack success rate (ASR) and the prompts found."""
     result = api.attack(
-        model, edit=edit, name=attack_name, concept=concept, out=out, detector=detector, clip_model=clip_model,
+        model, edit=edit, force_edit=force_edit, name=attack_name, concept=concept, out=out, detector=detector, clip_model=clip_model,
         config=parse_assignments(budget) or None, model_options=model_options,
     )
     if not api.is_main_process():
@@ -250,6 +263,7 @@ app.add_typer(analyze_app, name="analyze")
 def analyze_issa(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     edit: Optional[Path] = typer.Option(None, "--edit", help="Run directory of an erasure to analyse instead of the original."),
+    force_edit: bool = force_edit_option(),
     concept: str = typer.Option("circle", "--concept", help="World concept whose entry scale to find."),
     out: Path = typer.Option(..., "--out", help="Folder for issa.json, the plot and image strips."),
     seeds: int = typer.Option(8, "--seeds", help="Seeds per prompt pair."),
@@ -257,7 +271,7 @@ def analyze_issa(
     model_options: api.ModelOptions = None,
 ) -> None:
     """ISSA: switch the prompt at each scale and see where the concept enters (METHODS.md §5)."""
-    result = api.issa(model, edit=edit, concept=concept, out=out, seeds=seeds, max_pairs=pairs, model_options=model_options)
+    result = api.issa(model, edit=edit, force_edit=force_edit, concept=concept, out=out, seeds=seeds, max_pairs=pairs, model_options=model_options)
     if not api.is_main_process():
         return
     table = Table(title=f"ISSA for '{concept}'")

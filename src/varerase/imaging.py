@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from varerase.errors import ConfigError
 from varerase.io import atomic_write_bytes
 
 
@@ -46,6 +47,21 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
 
 MAX_GRID_IMAGES = 64  # a grid with more is too large to look at (and, thousands wide, to open)
 MAX_GRID_COLUMNS = 8  # columns of a cut grid
+
+
+def check_image_path(path: str | Path) -> Path:
+    """``path`` if a PNG can be written there (its folder is created), else a ConfigError saying why — before any work."""
+    from varerase.runtime.output_folders import check_writable
+
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(("/", ".")):
+        raise ConfigError(f"--out {path} is a folder; give the PNG file to write, e.g. --out {path / 'grid.png'}")
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path} must name a .png file (the grid is written as PNG)")
+    check_writable(path.absolute().parent)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"--out {path} exists and is not a file")
+    return path
 
 
 def generated_folder(grid: str | Path) -> Path:

@@ -2,6 +2,9 @@
 
 A run directory is marked finished only by ``run.json`` with ``"status": "complete"``, written
 last; every file is written atomically, so an interrupted run is never mistaken for a finished one.
+``run.json`` also keeps the run's history (started, resumed with which changes, complete). Only
+a folder with our ``run.json`` is a run: any other non-empty folder is refused, never written
+into. A process holds ``.varerase.lock`` in the folder while it runs, so a second one is refused.
 
 Under ``torchrun`` every rank runs this function: the ranks share the batch (DDP), rank 0 alone
 writes the run directory, and it returns on every rank once the directory is complete.
@@ -9,22 +12,27 @@ writes the run directory, and it returns on every rank once the directory is com
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
+
+import yaml
 
 from varerase.data.pairs import PromptPair
 from varerase.edits.edited_model import EditedModel
-from varerase.edits.file_format import save_edit
-from varerase.errors import ConfigError
+from varerase.edits.file_format import BASE_FINGERPRINT, load_edit, save_edit
+from varerase.errors import CheckpointError, ConfigError
 from varerase.io import atomic_write_json, atomic_write_yaml
 from varerase.methods.config import MethodConfig
 from varerase.methods.registry import registered_method
 from varerase.models.base import ScaleWiseModel
 from varerase.models.loading import read_json_config
 from varerase.runtime.distributed import DistributedContext
+from varerase.runtime.output_folders import RUN_FORMAT, FolderLock, folder_kind, read_run_marker, refuse_user_folder
 from varerase.training.parallel import ParallelConfig, gather_edit, shard_edit
 from varerase.training.trainer import Trainer, seed_everything
 
@@ -38,12 +46,106 @@ class ErasureResult:
     metrics: dict
 
 
-def run_status(run_dir: Path) -> str:
-    """``"complete"``, ``"incomplete"`` (started, not finished) or ``"absent"``."""
-    marker = run_dir / "run.json"
-    if marker.exists() and read_json_config(marker, "delete it to resume the run, or choose another --out").get("status") == "complete":
-        return "complete"
-    return "incomplete" if run_dir.exists() and any(run_dir.iterdir()) else "absent"
+RESUME_SAFE_SETTINGS = frozenset({"method_config.training.checkpoint_every", "method_config.training.log_every"})
+RECORDED_ONLY = frozenset({"model", "preset", "parallel", "activation_checkpointing", "concepts", "pairs_file"})  # how a run ran, not what it computes
+STEPS_KEY = "method_config.training.steps"
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """Dotted keys of a nested mapping; values normalised as YAML reads them back (tuples → lists)."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = json.loads(json.dumps(value, default=str))
+    return flat
+
+
+def settings_changes(saved: Mapping, wanted: Mapping) -> tuple[dict[str, list], list[str]]:
+    """``(changes, refused)``: every setting that differs (``key: [saved, wanted]``) and those a resume may not change.
+
+    A resume may change how a run runs (:data:`RECORDED_ONLY`, :data:`RESUME_SAFE_SETTINGS`) and
+    raise ``steps`` (it extends the run); anything else — concept, pairs, method, a method or
+    trainer setting, the model's fingerprint, fewer steps — would make the edit other than what
+    ``config.yaml`` describes.
+    """
+    old, new = _flatten(saved), _flatten(wanted)
+    changes = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+    def allowed(key: str) -> bool:
+        if key.split(".")[0] in RECORDED_ONLY or key in RESUME_SAFE_SETTINGS:
+            return True
+        before, after = changes[key]
+        return key == STEPS_KEY and isinstance(before, int) and isinstance(after, int) and after > before
+
+    return changes, [k for k in changes if not allowed(k)]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`run_erasure` does with a run folder: ``new``, ``resume`` it, or ``reuse`` its finished edit."""
+
+    action: Literal["new", "resume", "reuse"]
+    changes: dict[str, list]
+    history: list[dict]
+
+
+def check_run_folder(run_dir: str | Path) -> str:
+    """The :func:`folder_kind` of a run folder to be, refusing (ConfigError) any non-empty folder that is not an erase run."""
+    kind = folder_kind(run_dir)
+    if kind not in ("absent", "empty", "erase-run"):
+        refuse_user_folder(Path(run_dir), "erase run (run.json)")
+    return kind
+
+
+def plan_run(run_dir: Path, resolved: Mapping, resume: bool, reuse_finished: bool) -> RunPlan:
+    """Read ``run_dir`` (writing nothing) and decide; every refusal is a ConfigError naming the folder (and the keys)."""
+    if check_run_folder(run_dir) in ("absent", "empty"):
+        return RunPlan("new", {}, [])
+    marker = read_run_marker(run_dir)
+    finished = marker.get("status") == "complete"
+    if not (resume or (finished and reuse_finished)):
+        what = "a finished run; choose another --out or delete it" if finished else "an unfinished run; pass --resume to continue it or choose another --out"
+        raise ConfigError(f"{run_dir} already holds {what}")
+    saved = _read_saved_config(run_dir / "config.yaml")
+    changes, refused = settings_changes(saved, resolved)
+    if refused:
+        shown = "; ".join(_shown_change(k, *changes[k]) for k in refused[:6])
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings ({shown}{' …' if len(refused) > 6 else ''}); a resume keeps them "
+            "(only more steps, checkpoint_every, log_every and how it runs may change): choose another --out"
+        )
+    history = list(marker.get("history", [])) if isinstance(marker.get("history"), list) else []
+    if finished:
+        if STEPS_KEY not in changes:
+            if reuse_finished:
+                return RunPlan("reuse", changes, history)
+            steps = saved.get("method_config", {}).get("training", {}) or {}
+            extend = f"to extend its {steps['steps']} steps pass more --steps with --resume, or " if "steps" in steps else ""
+            raise ConfigError(f"{run_dir} already holds a finished run; {extend}choose another --out")
+    return RunPlan("resume", changes, history)
+
+
+def _shown_change(key: str, before: object, after: object) -> str:
+    """``key: before → after``, or the key alone when the values are too long for one line (prompt lists)."""
+    text = f"{before!r} → {after!r}"
+    return f"{key}: {text}" if len(text) <= 60 else f"{key} differs"
+
+
+def _read_saved_config(path: Path) -> dict:
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CheckpointError(f"could not read {path} ({str(error).splitlines()[0]}); choose another --out") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no run settings; choose another --out")
+    return saved
+
+
+def _event(name: str, **fields_: object) -> dict:
+    return {"event": name, "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **fields_}
 
 
 def check_batches_split(config: MethodConfig, context: DistributedContext) -> None:
@@ -67,16 +169,20 @@ def run_erasure(
     extra_config: dict | None = None,
     context: DistributedContext | None = None,
     parallel: ParallelConfig | None = None,
+    reuse_finished: bool = False,
 ) -> ErasureResult:
     """Erase with ``method`` under ``config`` (its settings tree) and write the run directory (if given); see module docstring.
 
     ``config`` is a config of ``method``'s config class (:func:`~varerase.methods.registry.method_config`);
     one without a ``training`` section (UCE) computes its edit in ``prepare()``. ``resume=True``
     continues an interrupted run from its last saved state and ends with the same edit as an
-    uninterrupted run. ``cache_dir`` defaults to ``run_dir/teacher_cache``.
-    ``context`` defaults to the processes torchrun started (this one alone without torchrun);
-    ``parallel`` says how they share the edit (default DDP; ``fsdp`` shards it, see
-    docs/distributed.md).
+    uninterrupted run; it is refused when the settings differ from the folder's ``config.yaml``
+    (:func:`settings_changes`), and a finished run is resumed only to extend it (more ``steps``).
+    ``reuse_finished``: a finished run with the same settings is not run again; its edit is
+    loaded (the demo and the benchmark re-run this way). ``cache_dir`` defaults to
+    ``run_dir/teacher_cache``. ``context`` defaults to the processes torchrun started (this one
+    alone without torchrun); ``parallel`` says how they share the edit (default DDP; ``fsdp``
+    shards it, see docs/distributed.md).
     """
     context = context or DistributedContext.from_environment()
     parallel = parallel or ParallelConfig()
@@ -89,36 +195,77 @@ def run_erasure(
     trains = config.training is not None
     if trains:
         check_batches_split(config, context)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        status = run_status(run_dir)
-        if status == "complete" and not resume:
-            raise ConfigError(f"{run_dir} already holds a finished run; choose another --out or delete it")
-        if status == "incomplete" and not resume:
-            raise ConfigError(f"{run_dir} holds an unfinished run; pass --resume to continue it or choose another --out")
-        if cache_dir is None:
-            cache_dir = run_dir / "teacher_cache"
-    context.barrier()  # every rank has read the run directory's status before rank 0 writes to it
-    seed_everything(config.seed)
-    eraser = registered.eraser(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress, context=context)
+    fingerprint = model.fingerprint()
     resolved = {
         "method": method,
         "method_config": config.to_dict(),
-        "model_fingerprint": model.fingerprint(),
+        "model_fingerprint": fingerprint,
         "pairs": [asdict(p) for p in pairs],
         "retain_prompts": list(retain_prompts),
         **(extra_config or {}),
     }
-    if run_dir is not None and context.is_main:
+    if run_dir is None:
+        return _erase(model, method, pairs, config, retain_prompts, None, None, resolved, False, cache_dir, progress, context, parallel)
+    run_dir = Path(run_dir)
+    plan = plan_run(run_dir, resolved, resume, reuse_finished)  # read only, on every rank
+    if plan.action == "reuse":
+        return ErasureResult(load_edit(model, run_dir), run_dir, read_json_config(run_dir / "metrics.json", "choose another --out"))
+    lock = FolderLock(run_dir)
+    created = not run_dir.exists()  # removed again if the run stops before writing anything (a setting refused by the eraser)
+    failure = None
+    if context.is_main:
+        try:
+            lock.acquire()
+            plan = plan_run(run_dir, resolved, resume, reuse_finished)  # again under the lock: another process may have written meanwhile
+        except ConfigError as error:
+            failure = error
+    refusals = context.all_gather_objects(str(failure) if failure else None)
+    if refusals[0] is not None:  # every rank stops, not only rank 0
+        raise failure or ConfigError(refusals[0])
+    try:
+        return _erase(
+            model, method, pairs, config, retain_prompts, run_dir, plan, resolved, plan.action == "resume",
+            cache_dir or run_dir / "teacher_cache", progress, context, parallel,
+        )
+    finally:
+        if context.is_main:
+            lock.release()
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+
+
+def _erase(
+    model: ScaleWiseModel,
+    method: str,
+    pairs: Sequence[PromptPair],
+    config: MethodConfig,
+    retain_prompts: Sequence[str],
+    run_dir: Path | None,
+    plan: RunPlan | None,
+    resolved: dict,
+    resume: bool,
+    cache_dir: str | Path | None,
+    progress: bool,
+    context: DistributedContext,
+    parallel: ParallelConfig,
+) -> ErasureResult:
+    """The erasure itself, once :func:`run_erasure` has checked and locked the run folder (``run_dir`` None: no folder)."""
+    trains = config.training is not None
+    writes = run_dir is not None and context.is_main
+    seed_everything(config.seed)
+    registered = registered_method(method)
+    eraser = registered.eraser(model, pairs, config, retain_prompts, cache_dir=cache_dir, progress=progress, context=context)
+    history = plan.history if plan is not None else []
+    if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (resume and (run_dir / "config.yaml").exists()):  # a resumed run keeps its original config
-            atomic_write_yaml(resolved, run_dir / "config.yaml")
-        atomic_write_json({"status": "running"}, run_dir / "run.json")
+        atomic_write_yaml(resolved, run_dir / "config.yaml")  # a resume's allowed changes (more steps) are recorded in run.json's history
+        history = [*history, _event("resumed", changes=plan.changes) if resume else _event("started")]
+        atomic_write_json({"format": RUN_FORMAT, "status": "running", "method": method, "history": history}, run_dir / "run.json")
 
     started = time.perf_counter()
     eraser.prepare()
     prepare_seconds = time.perf_counter() - started
-    history, resumed_from = [], 0
+    steps_run, resumed_from = [], 0
     if trains:  # closed-form methods (UCE) finish their edit in prepare()
         sharded = context.is_distributed and parallel.strategy == "fsdp"
         if sharded:  # before the optimiser exists: FSDP2 replaces the parameters by their shards
@@ -129,7 +276,7 @@ def run_erasure(
         # DDP wraps the edit after it is loaded, for training only: later uses of the edited model
         # (evaluation on one rank, say) must not wait for the other ranks' gradients.
         with eraser.edited.edit_called_through(eraser.edit if sharded else context.data_parallel(eraser.edit)):
-            history = trainer.run(eraser.step, description=f"{method}")
+            steps_run = trainer.run(eraser.step, description=f"{method}")
         del trainer  # frees the optimiser state before the sharded edit is gathered
         if sharded:  # every rank gets the whole edit back, a plain module again
             eraser.replace_edit(gather_edit(model, eraser.edit))
@@ -143,11 +290,12 @@ def run_erasure(
         "forward_tokens": sum(context.all_gather_objects(eraser.forward_tokens)),
         "world_size": context.world_size,
         "parallel": parallel.strategy if context.is_distributed else None,
-        "final": history[-1] if history else {},
+        "final": steps_run[-1] if steps_run else {},
     }
-    if run_dir is not None and context.is_main:
-        save_edit(eraser.edit, run_dir / "edit.safetensors", model, extra_metadata={"method": method})
+    if writes:
+        save_edit(eraser.edit, run_dir / "edit.safetensors", model, extra_metadata={"method": method, BASE_FINGERPRINT: resolved["model_fingerprint"]})
         atomic_write_json(metrics, run_dir / "metrics.json")
-        atomic_write_json({"status": "complete", "method": method}, run_dir / "run.json")
+        history = [*history, _event("complete", steps=metrics["steps"])]
+        atomic_write_json({"format": RUN_FORMAT, "status": "complete", "method": method, "history": history}, run_dir / "run.json")
     context.barrier()  # no rank returns before the run directory is complete
     return ErasureResult(eraser.edited_model(), run_dir, metrics)

@@ -112,3 +112,46 @@ def decode_batch_size(pixels_per_image: int) -> int:
     for decoding (which can move the last bits of a pixel) does not depend on the machine.
     """
     return max(1, DECODE_PIXELS // pixels_per_image)
+
+
+# Activations one teacher-forced forward keeps for backward, per block, position and row, in
+# vectors of the width C: measured on CPU with the port's own blocks (tests/test_generation_memory.py)
+# — the float32 residual stream and norms, and the compute-dtype projections, attention output
+# and gains; the FFN keeps 2 vectors of its hidden width (before and after GELU).
+SAVED_FLOAT32_VECTORS = 7.0
+SAVED_COMPUTE_VECTORS = 15.5
+# With activation checkpointing a block keeps its float32 input only (plus a small remainder).
+CHECKPOINTED_FLOAT32_VECTORS = 1.9
+
+
+def teacher_forcing_bytes(
+    schedule: Sequence[tuple[int, int]],
+    width: int,
+    depth: int,
+    rows: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    ffn_hidden: int | None = None,
+    checkpointing: bool = False,
+) -> int:
+    """Activation bytes of one teacher-forced forward + backward over ``rows`` rows (the erasure step's model part).
+
+    With ``L`` positions (every scale of ``schedule``), ``C`` the width, ``H`` the FFN width and
+    ``c`` the bytes of ``dtype`` (the autocast dtype, or float32), each block keeps for backward,
+    per row and position, :data:`SAVED_FLOAT32_VECTORS` float32 and :data:`SAVED_COMPUTE_VECTORS`
+    compute-dtype vectors of ``C`` plus ``2·H·c``, and per batch the block-causal mask as SDPA's
+    additive bias, ``L²·c`` (the dense mask is converted in every block and kept for its backward).
+    With ``checkpointing`` a block keeps only its input (:data:`CHECKPOINTED_FLOAT32_VECTORS`) and
+    backward recomputes one block at a time, so the peak adds about half of one block's
+    activations (measured: backward frees them as it goes back through the block).
+    Not included: weights, the edit's trainable state and gradients, the loss and the text encoder.
+    ``tests/test_generation_memory.py`` checks this against the tensors a CPU step allocates.
+    """
+    c = torch.finfo(dtype).bits // 8
+    hidden = ffn_hidden or 4 * width
+    positions = sum(h * w for h, w in schedule)
+    per_position = (4 * SAVED_FLOAT32_VECTORS + c * SAVED_COMPUTE_VECTORS) * width + 2 * c * hidden
+    block = rows * positions * per_position + positions**2 * c
+    if not checkpointing:
+        return int(depth * block)
+    return int(depth * rows * positions * width * 4 * CHECKPOINTED_FLOAT32_VECTORS + block / 2)

@@ -27,6 +27,7 @@ from varerase.errors import CheckpointError, ConfigError, VarEraseError
 from varerase.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text
 from varerase.runtime.distributed import DistributedContext
 from varerase.runtime.progress import progress_bar
+from varerase.training.checkpoint import latest_checkpoint, write_checkpoint
 
 UpdateFn = Callable[[torch.Tensor], float]
 StepFn = Callable[[int, UpdateFn], dict[str, float]]
@@ -140,11 +141,13 @@ class Trainer:
         return self.run_dir / "state" if self.run_dir is not None else None
 
     def save_state(self) -> None:
-        """Write ``state/`` atomically (rank 0): parameters (safetensors), optimiser and RNG (weights-only pickle).
+        """Write a resumable state as one unit (rank 0): ``state/step-NNNNNNNN/`` (see :mod:`varerase.training.checkpoint`).
 
-        The states are *full* ones (PyTorch's ``get_state_dict(full_state_dict=True)``), gathered
-        from the ranks when the edit is sharded, so a run can resume on another number of ranks
-        or with another parallel strategy. Every rank must call this (the gather is collective).
+        It holds the parameters (safetensors), optimiser and RNG (weights-only pickle), the step
+        and log history, and a manifest of the files' hashes. The states are *full* ones
+        (PyTorch's ``get_state_dict(full_state_dict=True)``), gathered from the ranks when the edit
+        is sharded, so a run can resume on another number of ranks or with another parallel
+        strategy. Every rank must call this (the gather is collective).
         """
         if self.state_dir is None:
             return
@@ -155,21 +158,24 @@ class Trainer:
         module_state, optimizer_state = get_state_dict(self.module, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.context.is_main:
             return
-        atomic_save_safetensors({k: v.contiguous() for k, v in module_state.items()}, self.state_dir / "module.safetensors")
         buffer = io.BytesIO()
         torch.save({"optimizer": optimizer_state, "torch_rng": torch.get_rng_state()}, buffer)
-        atomic_write_bytes(buffer.getvalue(), self.state_dir / "optimizer.pt")
-        # Written last: its presence says the two files above belong to this step.
-        atomic_write_json({"step": self.step, "history": self.history}, self.state_dir / "progress.json")
+        write_checkpoint(
+            self.state_dir, self.step,
+            {
+                "module.safetensors": lambda path: atomic_save_safetensors({k: v.contiguous() for k, v in module_state.items()}, path),
+                "optimizer.pt": lambda path: atomic_write_bytes(buffer.getvalue(), path),
+                "progress.json": lambda path: atomic_write_json({"step": self.step, "history": self.history}, path),
+            },
+        )
 
-    def _read_state(self) -> tuple[dict, dict, dict[str, torch.Tensor]]:
-        """``state/``'s progress, optimiser/RNG and module files; a damaged one is a CheckpointError naming it."""
-        folder = self.state_dir
+    def _read_state(self, folder: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+        """A checkpoint folder's progress, optimiser/RNG and module files; a damaged one is a CheckpointError naming it."""
 
         def damaged(name: str, why: object) -> CheckpointError:
             return CheckpointError(
                 f"{folder / name} is damaged ({str(why).splitlines()[0] if str(why) else type(why).__name__}); "
-                f"delete {folder} to restart the run from step 0, or choose another --out"
+                f"delete {self.state_dir} to restart the run from step 0, or choose another --out"
             )
 
         try:
@@ -192,12 +198,13 @@ class Trainer:
         return {"step": step, "history": history}, saved, module_state
 
     def load_state(self) -> bool:
-        """Restore the last saved state (every rank reads the same files and keeps its shard); False when there is none."""
-        if self.state_dir is None or not (self.state_dir / "progress.json").exists():
+        """Restore the newest saved state (every rank reads the same files and keeps its shard); False when there is none."""
+        folder = latest_checkpoint(self.state_dir) if self.state_dir is not None else None
+        if folder is None:
             return False
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        progress, saved, module_state = self._read_state()
+        progress, saved, module_state = self._read_state(folder)
         try:
             set_state_dict(
                 self.module, self.optimizer, model_state_dict=module_state,
@@ -211,13 +218,9 @@ class Trainer:
         try:
             torch.set_rng_state(saved["torch_rng"])
         except (RuntimeError, TypeError) as error:
-            raise CheckpointError(f"{self.state_dir / 'optimizer.pt'} holds no valid RNG state ({error}); delete {self.state_dir} to restart") from None
+            raise CheckpointError(f"{folder / 'optimizer.pt'} holds no valid RNG state ({error}); delete {self.state_dir} to restart") from None
         self.step = int(progress["step"])
         self.history = list(progress["history"])
-        if self.run_dir is not None and self.context.is_main:
-            # Steps logged after the saved state will run again: drop them from the log.
-            lines = "".join(json.dumps(r) + "\n" for r in self.history if r["step"] % self.config.log_every == 0)
-            atomic_write_text(lines, self.run_dir / "log.jsonl")
         return True
 
     # --- loop ----------------------------------------------------------------------------------
@@ -242,6 +245,8 @@ class Trainer:
     def run(self, step_fn: StepFn, description: str = "erasing") -> list[dict[str, float]]:
         """Run the remaining steps; returns the per-step log records."""
         log_path = self.run_dir / "log.jsonl" if self.run_dir is not None and self.context.is_main else None
+        if log_path is not None:  # steps logged after the state this run starts from (none: step 0) will run again
+            atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history if r["step"] % self.config.log_every == 0), log_path)
         with progress_bar(self.progress, with_info=True) as bar:
             task = bar.add_task(description, total=self.config.steps, completed=self.step, info="")
             while self.step < self.config.steps:

@@ -12,12 +12,13 @@ at a time, so peak memory is the model plus one shard, not the model plus the wh
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from varerase.errors import CheckpointError
-from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
+from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, initial_cfg_uncond
 from varerase.models.loading import check_strict, load_strict, read_json_config, read_safetensors, safetensors_shapes
 from varerase.models.schedule import infinity_schedule
 
@@ -129,17 +130,52 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def fitted_cfg_uncond(saved: torch.Tensor, config: InfinityConfig, source: str | Path) -> torch.Tensor:
+    """A checkpoint's ``cfg_uncond`` ``[T_saved, C_text]`` fitted to ``config.text_max_length`` rows, as the official loader does.
+
+    The official ``Infinity.load_state_dict`` keeps the first ``min(T_saved, text_max_length)``
+    rows and pads a shorter one with the model's initial rows (:func:`initial_cfg_uncond`); a
+    warning says so. Other shapes are left for the strict check to report.
+    """
+    wanted = config.text_max_length
+    if saved.ndim != 2 or saved.shape[0] == wanted or saved.shape[1] != config.text_channels:
+        return saved
+    how = "padded with the initial rows" if saved.shape[0] < wanted else f"cut to its first {wanted} rows"
+    warnings.warn(
+        f"{source}: cfg_uncond has {saved.shape[0]} text positions but text_max_length is {wanted}; {how}, as the official loader does",
+        stacklevel=3,
+    )
+    if saved.shape[0] > wanted:
+        return saved[:wanted]
+    return torch.cat([saved, initial_cfg_uncond(wanted, config.text_channels)[saved.shape[0]:].to(saved.dtype)])
+
+
+def _ours(raw: dict, config: InfinityConfig, source: str | Path) -> dict:
+    """An official state dict (or key → shape) under our keys, without non-weight buffers."""
+    state = {official_key_to_ours(k, config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
+    if "cfg_uncond" in state:
+        saved = state["cfg_uncond"]
+        state["cfg_uncond"] = fitted_cfg_uncond(saved, config, source) if torch.is_tensor(saved) else _fitted_shape(saved, config)
+    return state
+
+
+def _fitted_shape(shape: torch.Size, config: InfinityConfig) -> torch.Size:
+    fits = len(shape) == 2 and shape[1] == config.text_channels
+    return torch.Size([config.text_max_length, shape[1]]) if fits else shape
+
+
 def load_official_transformer(transformer: InfinityTransformer, path: str | Path) -> None:
-    """Load official Infinity weights into ``transformer`` strictly (see module docstring); shards one at a time."""
+    """Load official Infinity weights into ``transformer`` strictly (see module docstring); shards one at a time.
+
+    ``cfg_uncond`` of another length than ``text_max_length`` is fitted as the official loader does (:func:`fitted_cfg_uncond`).
+    """
+    config = transformer.config
     shards = official_shards(path)
     if shards is None:
-        raw = read_official_state_dict(path)
-        state = {official_key_to_ours(k, transformer.config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
-        load_strict(transformer, state, path)
+        load_strict(transformer, _ours(read_official_state_dict(path), config, path), path)
         return
-    shapes = {official_key_to_ours(k, transformer.config): shape for shard in shards for k, shape in _shard_shapes(shard).items() if k not in _NON_WEIGHT_KEYS}
-    check_strict(transformer, shapes, path)
+    check_strict(transformer, _ours({k: s for shard in shards for k, s in _shard_shapes(shard).items()}, config, path), path)
     for shard in shards:
-        part = {official_key_to_ours(k, transformer.config): v for k, v in _read_shard(shard).items() if k not in _NON_WEIGHT_KEYS}
+        part = _ours(_read_shard(shard), config, shard)
         transformer.load_state_dict(part, strict=False)  # the union of the shards was checked above
         del part  # this shard's tensors go before the next one is read

@@ -333,6 +333,17 @@ class PreparedCondition:
     text_mask: torch.Tensor
 
 
+def initial_cfg_uncond(positions: int, text_channels: int) -> torch.Tensor:
+    """The official initialisation of the unconditional text ``[positions, text_channels]``: seeded truncated normal / √C_text.
+
+    Seeded, so it is the same on every machine: a checkpoint whose ``cfg_uncond`` is shorter than
+    ``text_max_length`` is padded with these rows (:func:`varerase.models.infinity.checkpoint.fitted_cfg_uncond`).
+    """
+    uncond = torch.empty(positions, text_channels)
+    nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
+    return uncond / text_channels**0.5
+
+
 class InfinityTransformer(nn.Module):
     """The transformer of Infinity (see module docstring). Computes logits; sampling lives in ``model.py``."""
 
@@ -341,10 +352,7 @@ class InfinityTransformer(nn.Module):
         self.config = config
         C, Ct = config.width, config.text_channels
         init_std = math.sqrt(1 / C / 3)
-        # The official initialisation of the unconditional text (seeded, truncated normal / √C_text).
-        uncond = torch.empty(config.text_max_length, Ct)
-        nn.init.trunc_normal_(uncond, std=1.2, generator=torch.Generator().manual_seed(0))
-        self.cfg_uncond = nn.Parameter(uncond / Ct**0.5)
+        self.cfg_uncond = nn.Parameter(initial_cfg_uncond(config.text_max_length, Ct))
         self.text_norm = RMSNorm(Ct, eps=config.norm_eps)
         self.text_proj_for_sos = TextAttentivePool(Ct, C, config.pool_heads, config.official_numerics)
         self.text_proj_for_ca = nn.Sequential(nn.Linear(Ct, C), nn.GELU(approximate="tanh"), nn.Linear(C, C))
