@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Mapping, TypeVar
 
 import torch
 
@@ -24,6 +25,7 @@ from varerase.models.schedule import infinity_schedule
 # Buffers some official checkpoints carry that are not weights (the official loader drops them too).
 _NON_WEIGHT_KEYS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"}
 _CHUNKED = re.compile(r"^block_chunks\.(\d+)\.module\.(\d+)\.(.*)$")
+V = TypeVar("V")
 
 
 def infinity_2b_config(pixels: str = "1M", aspect_ratio: float = 1.0) -> InfinityConfig:
@@ -52,6 +54,11 @@ def official_key_to_ours(key: str, config: InfinityConfig) -> str:
         return key
     chunk, index, rest = int(match[1]), int(match[2]), match[3]
     return f"blocks.{chunk * (config.depth // config.block_chunks) + index}.{rest}"
+
+
+def official_state_to_ours(state: Mapping[str, V], config: InfinityConfig) -> dict[str, V]:
+    """An official state dict (or its key → shape map, or one shard of it) under our key names, without the non-weight buffers."""
+    return {official_key_to_ours(k, config): v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}
 
 
 def our_key_to_official(key: str, config: InfinityConfig) -> str:
@@ -133,13 +140,11 @@ def load_official_transformer(transformer: InfinityTransformer, path: str | Path
     """Load official Infinity weights into ``transformer`` strictly (see module docstring); shards one at a time."""
     shards = official_shards(path)
     if shards is None:
-        raw = read_official_state_dict(path)
-        state = {official_key_to_ours(k, transformer.config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
-        load_strict(transformer, state, path)
+        load_strict(transformer, official_state_to_ours(read_official_state_dict(path), transformer.config), path)
         return
-    shapes = {official_key_to_ours(k, transformer.config): shape for shard in shards for k, shape in _shard_shapes(shard).items() if k not in _NON_WEIGHT_KEYS}
+    shapes = {k: shape for shard in shards for k, shape in official_state_to_ours(_shard_shapes(shard), transformer.config).items()}
     check_strict(transformer, shapes, path)
     for shard in shards:
-        part = {official_key_to_ours(k, transformer.config): v for k, v in _read_shard(shard).items() if k not in _NON_WEIGHT_KEYS}
+        part = official_state_to_ours(_read_shard(shard), transformer.config)
         transformer.load_state_dict(part, strict=False)  # the union of the shards was checked above
         del part  # this shard's tensors go before the next one is read
