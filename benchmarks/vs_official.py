@@ -290,7 +290,8 @@ def main() -> None:
                 if round_index:
                     results.setdefault((name, side), []).append(measurement)
 
-    print(header(model, size, device, args, gap))
+    resident = {"ours (model + edit)": (model, edited.edit), "official training": (official_training,), "official inference": (official_inference,)}
+    print(header(model, size, device, args, gap, {name: tensor_bytes(*modules) for name, modules in resident.items()}))
     print("| measurement | ours | official | ours / official | peak memory ours | peak memory official | MFU ours | MFU official |")
     print("|---|---|---|---|---|---|---|---|")
     for name, _, _, flops in rows:
@@ -313,7 +314,12 @@ def table_cells(ours: list | VarEraseError, official: list | VarEraseError, flop
     return cells
 
 
-def header(model: InfinityModel, size: Size, device: torch.device, args: argparse.Namespace, gap: float) -> str:
+def tensor_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers of ``modules``."""
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def header(model: InfinityModel, size: Size, device: torch.device, args: argparse.Namespace, gap: float, resident: dict[str, int]) -> str:
     params = sum(p.numel() for p in model.transformer.parameters())
     ours_attention = resolve_backend(args.attention, device)
     git = subprocess.run(["git", "-C", str(args.official_repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -327,6 +333,7 @@ def header(model: InfinityModel, size: Size, device: torch.device, args: argpars
         f"attention: ours {ours_attention}, official {args.official_attention} (training) / sdpa (generation); "
         f"activation checkpointing {'on' if args.checkpointing else 'off'}; official code at {commit}; "
         f"median of {args.repeats} interleaved rounds after a warm-up\n"
+        f"resident weights (not in the peak columns): {', '.join(f'{name} {nbytes / 2**30:.2f} GiB' for name, nbytes in resident.items())}\n"
         f"same model check: teacher-forced logits differ by at most {gap:.2e} (ours vs official)\n"
     )
 
