@@ -55,8 +55,10 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 @functools.cache
 def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
-    # One compiled function per process; torch.compile caches one graph per input shape and dtype.
-    return torch.compile(flex_attention, dynamic=False)
+    # One compiled function per process (as the official code compiles it). torch.compile's default
+    # shape handling turns a dimension that changes between calls (batch, queries) dynamic instead of
+    # recompiling for every new size until its recompile limit sends the calls to the slow eager path.
+    return torch.compile(flex_attention)
 
 
 class BlockCausalAttention:
