@@ -157,17 +157,20 @@ def activation_table() -> str:
     lines = [
         "Estimated activations of one teacher-forced step per GPU (GB), 1M pixels (10,521 positions), --mixed-precision bfloat16",
         "",
-        "| model | rows per GPU | without checkpointing | --activation-checkpointing |",
-        "|---|---|---|---|",
+        "| model | rows per GPU | attention | without checkpointing | --activation-checkpointing |",
+        "|---|---|---|---|---|",
     ]
     for name in ("infinity-2b", "infinity-8b"):
         config = PRESETS[name]("1M")
         for rows in (1, 2):
-            cells = [
-                teacher_forcing_bytes(config.schedule, config.width, config.depth, rows, torch.bfloat16, ffn_hidden=config.ffn_hidden, checkpointing=c) / 1e9
-                for c in (False, True)
-            ]
-            lines.append(f"| {name} | {rows} | {cells[0]:.1f} | {cells[1]:.1f} |")
+            for attention, dense in (("sdpa", True), ("flex", False)):
+                cells = [
+                    teacher_forcing_bytes(
+                        config.schedule, config.width, config.depth, rows, torch.bfloat16, ffn_hidden=config.ffn_hidden, checkpointing=c, dense_mask=dense
+                    ) / 1e9
+                    for c in (False, True)
+                ]
+                lines.append(f"| {name} | {rows} | {attention} | {cells[0]:.1f} | {cells[1]:.1f} |")
     return "\n".join(lines)
 
 

@@ -150,5 +150,5 @@ def test_help_names_what_each_flag_accepts_and_every_model_command_takes_the_mod
     assert all(name in help_of["attack"] for name in api.attack_names())
     assert all(name in help_of["evaluate"] for name in api.detector_names())
     for command in ("erase", "generate", "evaluate", "attack", "analyze issa", "benchmark"):
-        for flag in ("--checkpoint", "--vae", "--text-encoder", "--device", "--mixed-precision"):
+        for flag in ("--checkpoint", "--vae", "--text-encoder", "--device", "--mixed-precision", "--attention"):
             assert flag in help_of[command], (command, flag)

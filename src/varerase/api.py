@@ -29,6 +29,7 @@ from varerase.errors import ConfigError
 from varerase.methods.config import MethodConfig
 from varerase.methods.registry import METHODS, preset_for, registered_method
 from varerase.methods.runner import ErasureResult, check_run_folder, run_erasure
+from varerase.models.attention import resolve_backend
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model, resolve_mixed_precision
 from varerase.runtime.distributed import DistributedContext
@@ -65,7 +66,9 @@ class ModelOptions:
 
     ``checkpoint`` / ``vae`` / ``text_encoder``: local paths or hub ids of the official models'
     files; ``mixed_precision``: ``bfloat16`` or ``float16`` autocast for the transformer, ``none``
-    for float32, None for the model's default (bfloat16 for infinity-2b/8b on CUDA, else float32).
+    for float32, None for the model's default (bfloat16 for infinity-2b/8b on CUDA, else float32);
+    ``attention``: teacher forcing's self-attention, ``auto`` (FlexAttention on CUDA, else SDPA),
+    ``sdpa`` (dense mask) or ``flex`` (block-sparse), None for the model's own (``auto`` unless saved otherwise).
     """
 
     checkpoint: str | None = None
@@ -73,6 +76,7 @@ class ModelOptions:
     text_encoder: str | None = None
     device: str = "cpu"
     mixed_precision: str | None = None
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -80,6 +84,8 @@ class ModelOptions:
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"model option {f.name} must be a string, got {short_repr(value)}")
         check_device(self.device)  # an unknown device or CUDA on a CPU-only torch fails here, before a model loads
+        if self.attention is not None:
+            resolve_backend(self.attention, torch.device(self.device))  # so does an unknown backend, or flex where torch lacks it
 
     @classmethod
     def of(cls, value: "ModelOptions | Mapping[str, Any] | None") -> "ModelOptions":
@@ -94,7 +100,7 @@ class ModelOptions:
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`varerase.models.registry.load_model` (unset ones left out)."""
-        values = {"checkpoint": self.checkpoint, "vae": self.vae, "text_encoder": self.text_encoder, "device": self.device}
+        values = {"checkpoint": self.checkpoint, "vae": self.vae, "text_encoder": self.text_encoder, "device": self.device, "attention": self.attention}
         return {k: v for k, v in {**values, "autocast_dtype": self.mixed_precision}.items() if v is not None}
 
 

@@ -71,6 +71,10 @@ MODEL_FLAGS: list[tuple[str, Any, Any]] = [
         None, "--mixed-precision", help="bfloat16 or float16 autocast for the transformer, or none (float32); default: bfloat16 for "
         "infinity-2b/8b on CUDA, float32 otherwise.",
     )),
+    ("attention", Optional[str], typer.Option(
+        None, "--attention", help="Teacher forcing's self-attention: auto (FlexAttention on CUDA, SDPA elsewhere), sdpa (dense mask) "
+        "or flex (block-sparse; no backward on CPU); default: the model's own (auto).",
+    )),
 ]
 
 

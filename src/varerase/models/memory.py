@@ -133,6 +133,7 @@ def teacher_forcing_bytes(
     *,
     ffn_hidden: int | None = None,
     checkpointing: bool = False,
+    dense_mask: bool = True,
 ) -> int:
     """Activation bytes of one teacher-forced forward + backward over ``rows`` rows (the erasure step's model part).
 
@@ -140,7 +141,8 @@ def teacher_forcing_bytes(
     ``c`` the bytes of ``dtype`` (the autocast dtype, or float32), each block keeps for backward,
     per row and position, :data:`SAVED_FLOAT32_VECTORS` float32 and :data:`SAVED_COMPUTE_VECTORS`
     compute-dtype vectors of ``C`` plus ``2·H·c``, and per batch the block-causal mask as SDPA's
-    additive bias, ``L²·c`` (the dense mask is converted in every block and kept for its backward).
+    additive bias, ``L²·c`` (the dense mask is converted in every block and kept for its backward;
+    ``dense_mask=False`` for the FlexAttention backend, whose block mask is a few kilobytes).
     With ``checkpointing`` a block keeps only its input (:data:`CHECKPOINTED_FLOAT32_VECTORS`) and
     backward recomputes one block at a time, so the peak adds about half of one block's
     activations (measured: backward frees them as it goes back through the block).
@@ -151,7 +153,7 @@ def teacher_forcing_bytes(
     hidden = ffn_hidden or 4 * width
     positions = sum(h * w for h, w in schedule)
     per_position = (4 * SAVED_FLOAT32_VECTORS + c * SAVED_COMPUTE_VECTORS) * width + 2 * c * hidden
-    block = rows * positions * per_position + positions**2 * c
+    block = rows * positions * per_position + (positions**2 * c if dense_mask else 0)
     if not checkpointing:
         return int(depth * block)
     return int(depth * rows * positions * width * 4 * CHECKPOINTED_FLOAT32_VECTORS + block / 2)

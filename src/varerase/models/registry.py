@@ -71,6 +71,7 @@ def load_model(
     aspect_ratio: float = 1.0,
     device: str | torch.device = "cpu",
     autocast_dtype: str | None = None,
+    attention: str | None = None,
 ) -> ScaleWiseModel:
     """Load a model by name (``tiny``, ``infinity-2b``, ``infinity-8b``) or from a folder written by ``save_pretrained``.
 
@@ -79,6 +80,8 @@ def load_model(
     ``autocast_dtype``: ``bfloat16``/``float16`` autocast, ``none`` for float32, or None for the
     model's default (:func:`default_mixed_precision`: bfloat16 for the official models on CUDA).
     A folder saved with autocast keeps it (its linear weights were saved in that dtype).
+    ``attention``: teacher forcing's self-attention backend (``auto``/``sdpa``/``flex``,
+    :mod:`varerase.models.attention`), or None for the model's own (``auto`` unless saved otherwise).
     """
     from varerase.models.infinity.model import InfinityModel
 
@@ -98,6 +101,8 @@ def load_model(
         raise ConfigError(f"unknown model {name_or_path!r}; {hint}known: {', '.join(MODEL_NAMES)}, or a folder written by save_pretrained")
     if autocast_dtype is not None:
         model.use_mixed_precision(autocast_dtype)
+    if attention is not None:
+        model.use_attention(attention)
     return model
 
 

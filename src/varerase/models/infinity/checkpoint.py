@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import Mapping, TypeVar
 
 import torch
 
@@ -25,6 +26,7 @@ from varerase.models.schedule import infinity_schedule
 # Buffers some official checkpoints carry that are not weights (the official loader drops them too).
 _NON_WEIGHT_KEYS = {"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"}
 _CHUNKED = re.compile(r"^block_chunks\.(\d+)\.module\.(\d+)\.(.*)$")
+V = TypeVar("V")
 
 
 def infinity_2b_config(pixels: str = "1M", aspect_ratio: float = 1.0) -> InfinityConfig:
@@ -53,6 +55,19 @@ def official_key_to_ours(key: str, config: InfinityConfig) -> str:
         return key
     chunk, index, rest = int(match[1]), int(match[2]), match[3]
     return f"blocks.{chunk * (config.depth // config.block_chunks) + index}.{rest}"
+
+
+def official_state_to_ours(state: Mapping[str, V], config: InfinityConfig, source: str | Path = "the checkpoint") -> dict[str, V]:
+    """An official state dict (or its key → shape map, or one shard of it) under our key names, without the non-weight buffers.
+
+    ``cfg_uncond`` of another length than ``config.text_max_length`` is fitted as the official
+    loader does (:func:`fitted_cfg_uncond`; a shape is fitted the same way); ``source`` names the file in the warning.
+    """
+    ours = {official_key_to_ours(k, config): v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}
+    if "cfg_uncond" in ours:
+        saved = ours["cfg_uncond"]
+        ours["cfg_uncond"] = fitted_cfg_uncond(saved, config, source) if torch.is_tensor(saved) else _fitted_shape(saved, config)
+    return ours
 
 
 def our_key_to_official(key: str, config: InfinityConfig) -> str:
@@ -150,15 +165,6 @@ def fitted_cfg_uncond(saved: torch.Tensor, config: InfinityConfig, source: str |
     return torch.cat([saved, initial_cfg_uncond(wanted, config.text_channels)[saved.shape[0]:].to(saved.dtype)])
 
 
-def _ours(raw: dict, config: InfinityConfig, source: str | Path) -> dict:
-    """An official state dict (or key → shape) under our keys, without non-weight buffers."""
-    state = {official_key_to_ours(k, config): v for k, v in raw.items() if k not in _NON_WEIGHT_KEYS}
-    if "cfg_uncond" in state:
-        saved = state["cfg_uncond"]
-        state["cfg_uncond"] = fitted_cfg_uncond(saved, config, source) if torch.is_tensor(saved) else _fitted_shape(saved, config)
-    return state
-
-
 def _fitted_shape(shape: torch.Size, config: InfinityConfig) -> torch.Size:
     fits = len(shape) == 2 and shape[1] == config.text_channels
     return torch.Size([config.text_max_length, shape[1]]) if fits else shape
@@ -172,10 +178,10 @@ def load_official_transformer(transformer: InfinityTransformer, path: str | Path
     config = transformer.config
     shards = official_shards(path)
     if shards is None:
-        load_strict(transformer, _ours(read_official_state_dict(path), config, path), path)
+        load_strict(transformer, official_state_to_ours(read_official_state_dict(path), config, path), path)
         return
-    check_strict(transformer, _ours({k: s for shard in shards for k, s in _shard_shapes(shard).items()}, config, path), path)
+    check_strict(transformer, official_state_to_ours({k: s for shard in shards for k, s in _shard_shapes(shard).items()}, config, path), path)
     for shard in shards:
-        part = _ours(_read_shard(shard), config, shard)
+        part = official_state_to_ours(_read_shard(shard), config, shard)
         transformer.load_state_dict(part, strict=False)  # the union of the shards was checked above
         del part  # this shard's tensors go before the next one is read

@@ -17,6 +17,7 @@ from torch import nn
 from varerase.config import dataclass_from_dict
 from varerase.errors import CheckpointError, ConfigError
 from varerase.models import memory
+from varerase.models.attention import resolve_backend
 from varerase.models.base import (
     ConditionSwitch,
     Generation,
@@ -82,6 +83,14 @@ class InfinityModel(ScaleWiseModel):
         for module in self.transformer.modules():
             if isinstance(module, nn.Linear):
                 module.to(getattr(torch, dtype))
+
+    def use_attention(self, backend: str) -> None:
+        """Run teacher forcing's self-attention with ``backend``: ``auto``, ``sdpa`` or ``flex`` (:mod:`varerase.models.attention`).
+
+        Sets ``config.attention`` (so it is saved with the model); generation is unaffected.
+        """
+        resolve_backend(backend, self.device)  # an unknown name, or flex where torch lacks it, fails now rather than in the first pass
+        self.config.attention = backend
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

@@ -17,13 +17,16 @@ Deliberate differences from the official code (its known traps): RoPE offsets al
 the scale index (its non-fused path forgets it), condition dropout never runs outside an explicit
 training call, the caller's text tensor is never overwritten, any prefix of the schedule can be
 computed (scale 0 alone is one position), and loading is strict (see ``checkpoint.py``).
-Attention runs through ``scaled_dot_product_attention`` with padded text and a key mask instead
+Cross-attention runs through ``scaled_dot_product_attention`` with padded text and a key mask instead
 of flash-attn's packed varlen kernels (same result up to dtype; ``InfinityConfig.official_numerics``
 reproduces the bfloat16 rounding those kernels impose on a float32 model, see ``CrossAttention``).
+Teacher forcing's block-causal self-attention runs through dense-mask SDPA or block-sparse
+FlexAttention (``InfinityConfig.attention``, :mod:`varerase.models.attention`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -34,9 +37,10 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.func import functional_call
 
+from varerase.models.attention import ATTENTION_BACKENDS, Attend, BlockCausalAttention, resolve_backend
 from varerase.models.base import TextCondition
 from varerase.models.infinity.bsq import teacher_forcing_inputs
-from varerase.models.schedule import block_causal_mask, rope_reference_grid, scale_offsets, token_levels
+from varerase.models.schedule import rope_reference_grid, scale_offsets, token_levels
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor] | None]
 
@@ -66,6 +70,9 @@ class InfinityConfig:
     ffn_multiple: int = 256  # the FFN width is rounded to a multiple of this (official: 256)
     # Reproduce the official float32 cross-attention rounding (see CrossAttention); off = plain float32.
     official_numerics: bool = False
+    # Teacher forcing's self-attention: "sdpa" (dense mask), "flex" (block-sparse FlexAttention) or
+    # "auto" (flex on CUDA, sdpa elsewhere); see varerase.models.attention. Generation is unaffected.
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         self.schedule = [tuple(s) for s in self.schedule]
@@ -85,6 +92,8 @@ class InfinityConfig:
             raise ValueError(f"depth {self.depth} is not divisible into {self.block_chunks} block chunks")
         if len(self.schedule) > self.num_level_embeddings:
             raise ValueError(f"schedule has {len(self.schedule)} scales but only {self.num_level_embeddings} level embeddings")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
 
     @property
     def pool_heads(self) -> int:
@@ -167,10 +176,10 @@ class SelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: torch.Tensor,
-        mask: torch.Tensor | None,
+        attend: Attend | None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``x [B, N, C]``, ``rope [2, N, hd/2]``, ``mask [N, N_past + N]`` bool or None.
+        """``x [B, N, C]``, ``rope [2, N, hd/2]``; ``attend``: the masked attention of teacher forcing, or None to attend to every key.
 
         Returns the output ``[B, N, C]`` and the keys/values to cache (past + new).
         """
@@ -183,7 +192,8 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=1.0)
+        # The cache keeps k and v as computed (under CUDA autocast: float32 keys, half-precision values).
+        out = attend(q, k, v) if attend is not None else F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(B, N, C)), (k, v)
 
 
@@ -283,12 +293,12 @@ class CrossAttnBlock(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         rope: torch.Tensor,
-        mask: torch.Tensor | None,
+        attend: Attend | None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``x [B, N, C]``, ``shared_gss [B, 1, 6, C]``, ``text [B, T, C]`` → ``[B, N, C]`` and the new KV cache."""
+        """``x [B, N, C]``, ``shared_gss [B, 1, 6, C]``, ``text [B, T, C]`` → ``[B, N, C]`` and the new KV cache (``attend``: see :class:`SelfAttention`)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + shared_gss).unbind(2)
-        attn, cache = self.sa(adaptive_layer_norm(x, scale1, shift1, self.eps), rope, mask, past)
+        attn, cache = self.sa(adaptive_layer_norm(x, scale1, shift1, self.eps), rope, attend, past)
         x = x + drop_path(attn * gamma1, self.drop_path_rate, self.training)
         x = x + self.ca(self.ca_norm(x), text, text_mask).float()
         x = x + drop_path(self.ffn(adaptive_layer_norm(x, scale2, shift2, self.eps)) * gamma2, self.drop_path_rate, self.training)
@@ -367,7 +377,7 @@ class InfinityTransformer(nn.Module):
         self.head_nm = AdaLNBeforeHead(C, config.norm_eps)
         self.head = nn.Linear(C, 2 * config.bits)
         self.register_buffer("rope", rope_tables(config.schedule, C // config.num_heads, config.rope_theta), persistent=False)
-        self.register_buffer("attn_mask", block_causal_mask(config.schedule), persistent=False)
+        self.block_causal = BlockCausalAttention(config.schedule)
         self.register_buffer("levels", token_levels(config.schedule), persistent=False)
         self.offsets = scale_offsets(config.schedule)
         # A runtime switch, not part of the config: see InfinityModel.set_activation_checkpointing.
@@ -395,20 +405,23 @@ class InfinityTransformer(nn.Module):
         x: torch.Tensor,
         prepared: PreparedCondition,
         positions: slice,
-        mask: torch.Tensor | None,
+        causal: bool,
         caches: KVCache | None = None,
     ) -> torch.Tensor:
         """Push embedded positions ``x [B, N, C]`` (flat sequence slice ``positions``) through all blocks.
 
-        ``caches`` (one entry per block) is read and updated in place when given. With
+        ``causal``: attend under the block-causal mask (teacher forcing, with the backend of
+        ``config.attention``), else to every key (one scale of KV-cached sampling, or scale 0
+        alone). ``caches`` (one entry per block) is read and updated in place when given. With
         :attr:`activation_checkpointing` on, a pass that records gradients and keeps no caches
         recomputes each block's activations in backward (:func:`checkpointed_call`).
         """
         rope = self.rope[:, positions]
+        attend = functools.partial(self.block_causal, backend=resolve_backend(self.config.attention, x.device)) if causal else None
         recompute = self.activation_checkpointing and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             past = caches[i] if caches is not None else None
-            args = (x, prepared.shared_gss, prepared.text, prepared.text_mask, rope, mask, past)
+            args = (x, prepared.shared_gss, prepared.text, prepared.text_mask, rope, attend, past)
             x, new = checkpointed_call(block, *args) if recompute else block(*args)
             if caches is not None:
                 caches[i] = new
@@ -431,7 +444,7 @@ class InfinityTransformer(nn.Module):
     def teacher_forced_logits(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits of every position given ground-truth token maps ``maps[k] [B, h_k, w_k, d]``: ``[B, L, d, 2]``."""
         x = torch.cat([self.start_embedding(prepared), self._inputs_after_start(prepared, maps)], dim=1)
-        hidden = self.run_blocks(x, prepared, slice(0, self.offsets[-1]), self.attn_mask)
+        hidden = self.run_blocks(x, prepared, slice(0, self.offsets[-1]), causal=True)
         return self.logits(hidden, prepared)
 
     def logits_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], start_context: KVCache) -> torch.Tensor:
@@ -441,7 +454,7 @@ class InfinityTransformer(nn.Module):
         returns them, possibly computed with other weights (SACE's ``context=adapted``).
         """
         x = self._inputs_after_start(prepared, maps)
-        hidden = self.run_blocks(x, prepared, slice(1, self.offsets[-1]), self.attn_mask[1:], list(start_context))
+        hidden = self.run_blocks(x, prepared, slice(1, self.offsets[-1]), causal=True, caches=list(start_context))
         return self.logits(hidden, prepared)
 
     def start_step(self, prepared: PreparedCondition) -> tuple[torch.Tensor, KVCache]:
@@ -451,7 +464,7 @@ class InfinityTransformer(nn.Module):
 
     def first_scale_logits(self, prepared: PreparedCondition) -> torch.Tensor:
         """Scale-0 logits from the text alone, one position: ``[B, 1, d, 2]``."""
-        hidden = self.run_blocks(self.start_embedding(prepared), prepared, slice(0, 1), None)
+        hidden = self.run_blocks(self.start_embedding(prepared), prepared, slice(0, 1), causal=False)
         return self.logits(hidden, prepared)
 
     def scale_step(self, x: torch.Tensor, prepared: PreparedCondition, scale: int, caches: KVCache) -> torch.Tensor:
@@ -459,5 +472,5 @@ class InfinityTransformer(nn.Module):
         if scale > 0:
             x = x + self.lvl_embed.weight[scale]
         positions = slice(self.offsets[scale], self.offsets[scale + 1])
-        hidden = self.run_blocks(x, prepared, positions, None, caches)
+        hidden = self.run_blocks(x, prepared, positions, causal=False, caches=caches)
         return self.logits(hidden, prepared)

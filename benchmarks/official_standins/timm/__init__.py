@@ -1,0 +1,1 @@
+"""Stand-in for the few timm names the official Infinity code imports (see ../README.md)."""
