@@ -117,7 +117,8 @@ def test_benchmark_writes_table_results_and_plot(tmp_path):
     assert "| striped | uce |" in table and "retain vs truth, before → after (world_detector features, KID unscaled)" in table
     assert "Wall time:" in table and "95 % Wilson interval" in table
     summary = json.loads((out / "benchmark.json").read_text())
-    assert summary["wall_seconds"] > 0 and summary["paraphrase_filters"]["striped"]["num_candidates"] == 3
+    paraphrases = summary["paraphrase_filters"]["striped"]
+    assert summary["wall_seconds"] > 0 and paraphrases["num_candidates"] == 3 >= paraphrases["num_used"]
     settings = json.loads((out / "striped" / "uce" / "eval" / "metrics.json").read_text())["settings"]
     assert len(settings["paraphrase_filter"]["candidates"]) == 3  # the filter's result is recorded with the run
     assert (out / "tradeoff.png").stat().st_size > 1000

@@ -394,11 +394,16 @@ def test_paraphrase_filter_keeps_only_prompts_the_original_draws_as_the_concept_
     assert [(r["prompt"], r["concept"]) for r in record["candidates"]] == candidates
     for row in record["candidates"]:
         assert row["presence"] == (1.0 if " ring" in row["prompt"] else 0.5 if " oval" in row["prompt"] else 0.0)
-        assert row["kept"] == (row["presence"] >= 0.5)
-    assert [p.prompt for p in kept] == [r["prompt"] for r in record["candidates"] if r["kept"]] and len(kept) == 2 * 24
-    assert all(p.group == "paraphrase" for p in kept) and record["num_kept"] == len(kept)
+        assert row["kept"] == (row["presence"] >= 0.5) and (row["kept"] or not row["used"])
+    # 48 pass; the group takes max_kept = 36 of them, evenly spaced, and says which.
+    assert record["num_kept"] == 48 and len(kept) == record["num_used"] == 36 and all(p.group == "paraphrase" for p in kept)
+    assert [p.prompt for p in kept] == [r["prompt"] for r in record["candidates"] if r["used"]]
+    everything, _ = paraphrase_group(model, ["circle"], FakeDetector(), SamplerConfig(), ParaphraseFilterConfig(seeds=2, max_kept=None), progress=False)
+    assert [p.prompt for p in everything] == [r["prompt"] for r in record["candidates"] if r["kept"]]
     assert min(model.seeds) == record["config"]["first_seed"] == 1_000_000  # far from the evaluation's seeds
-    stricter, _ = paraphrase_group(model, ["circle"], FakeDetector(), SamplerConfig(), ParaphraseFilterConfig(seeds=2, min_presence=0.6), progress=False)
+    stricter, _ = paraphrase_group(
+        model, ["circle"], FakeDetector(), SamplerConfig(), ParaphraseFilterConfig(seeds=2, min_presence=0.6, max_kept=None), progress=False
+    )
     assert all(" ring" in p.prompt for p in stricter) and len(stricter) == 24
 
 

@@ -49,14 +49,15 @@ def test_report_lists_the_paraphrase_filter_and_distances_to_truth(tmp_path):
     run_fake_evaluation(tmp_path, reference=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     saved["settings"]["paraphrase_filter"] = {
-        "config": {"min_presence": 0.5, "seeds": 8, "first_seed": 1_000_000}, "num_candidates": 2, "num_kept": 1,
-        "candidates": [{"prompt": "a red ring", "concept": "circle", "presence": 0.75, "kept": True},
-                       {"prompt": "a red coin", "concept": "circle", "presence": 0.25, "kept": False}],
+        "config": {"min_presence": 0.5, "seeds": 8, "first_seed": 1_000_000}, "num_candidates": 2, "num_kept": 1, "num_used": 1,
+        "candidates": [{"prompt": "a red ring", "concept": "circle", "presence": 0.75, "kept": True, "used": True},
+                       {"prompt": "a red coin", "concept": "circle", "presence": 0.25, "kept": False, "used": False}],
     }
     saved["model"]["groups"]["retain"]["distances_to_truth"] = {"fid": 12.5, "fid_reliable": True, "kid_mean": 2.5, "kid_std": 0.5, "num_fake": 1200}
     (tmp_path / "metrics.json").write_text(json.dumps(saved))
     page = build_report(tmp_path).read_text()
-    assert "1 of 2 candidates kept" in page and '<td class="key">a red coin</td><td>circle</td><td>25.0%</td><td>dropped</td>' in page
+    assert "1 of 2 candidates kept" in page and "1 of them, evenly spaced, form the group" in page
+    assert '<td class="key">a red coin</td><td>circle</td><td>25.0%</td><td>dropped</td>' in page
     assert "FID vs truth (model, fake features)" in page and "<td>12.500</td><td>2.50 ± 0.50</td><td>1200</td>" in page
 
 

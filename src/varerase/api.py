@@ -317,12 +317,12 @@ def _world_evaluation_extras(
 ) -> tuple[dict, dict]:
     """What a world evaluation adds to its prompt groups: the paraphrase group filtered by the
     ``original`` model (absent when no candidate passes) and ``settings`` records (the filter's
-    record, every candidate with its presence). ``max_per_group`` also caps the candidates."""
+    record, every candidate with its presence). ``max_per_group`` also caps the candidates and the
+    group (else all candidates are filtered and the group is capped at the filter's default)."""
     from varerase.evaluation.paraphrases import ParaphraseFilterConfig, paraphrase_group
 
-    kept, record = paraphrase_group(
-        original, concepts, detector, sampler, ParaphraseFilterConfig(max_candidates=max_per_group), progress=progress, context=context
-    )
+    limits = {"max_candidates": max_per_group, "max_kept": max_per_group} if max_per_group is not None else {}
+    kept, record = paraphrase_group(original, concepts, detector, sampler, ParaphraseFilterConfig(**limits), progress=progress, context=context)
     return ({"paraphrase": kept} if kept else {}), {"paraphrase_filter": record}
 
 
@@ -502,8 +502,8 @@ def benchmark(
     The defaults are sized for claims outside their intervals: every prompt of every group
     (``max_per_group=None``) × 9 samples gives ≥ 216 images per rate (24 target / anchor /
     held-out prompts for a shape or colour, 36 for a background) and ≥ 972 retain images (108–120
-    prompts); small values make a smoke run. The paraphrase group is filtered once per concept by
-    the original model. ``preset`` applies to every method that has it (default: the preset rule
+    prompts, ≤ 36 paraphrase prompts); small values make a smoke run. The paraphrase group is
+    filtered once per concept by the original model. ``preset`` applies to every method that has it (default: the preset rule
     of :func:`erase`). The original model's images are drawn once per concept and reused for
     every method. Writes ``results.json`` (the rows), ``results.md`` (table, legend and wall
     time), ``benchmark.json`` (settings, the paraphrase filters and the wall time) and
@@ -541,7 +541,7 @@ def benchmark(
             loaded, [concept], detector, loaded.default_sampler, max_per_group, progress=progress, context=context
         )
         groups |= extra
-        filters[concept] = {k: records["paraphrase_filter"][k] for k in ("num_candidates", "num_kept")}
+        filters[concept] = {k: records["paraphrase_filter"][k] for k in ("num_candidates", "num_kept", "num_used")}
         original_images = ReferenceImages(loaded.fingerprint(), loaded.default_sampler)  # the original's images, drawn once per concept
         for method in methods:
             run_dir = out / concept / method

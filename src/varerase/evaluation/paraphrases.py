@@ -8,7 +8,10 @@ the erasure (the original model does not draw it either), so each candidate is g
 original model on ``seeds`` seeds and kept when the concept is present in at least
 ``min_presence`` of them. The filter's seeds are disjoint from the evaluation's (``first_seed``
 far above them), so the group's before-presence is measured on fresh images and not inflated by
-the selection. Every candidate, its measured presence and whether it was kept is recorded.
+the selection. At most ``max_kept`` of the kept prompts, evenly spaced, form the group (enough for
+a rate on ≥ 200 images at 9 samples; more would only cost time). Every candidate, its measured
+presence, whether it passed the filter (``kept``) and whether it is in the group (``used``) is
+recorded.
 """
 
 from __future__ import annotations
@@ -30,20 +33,23 @@ from varerase.runtime.distributed import DistributedContext
 @dataclass(frozen=True)
 class ParaphraseFilterConfig:
     """``seeds`` images per candidate (seeds ``first_seed …``), kept at presence ≥ ``min_presence``;
-    ``max_candidates`` evenly spaced candidates (None: all); ``batch_size`` images per pass."""
+    ``max_candidates`` evenly spaced candidates (None: all); ``max_kept`` evenly spaced kept
+    prompts form the group (None: all; 36 is the largest target group); ``batch_size`` images per pass."""
 
     min_presence: float = 0.5
     seeds: int = 8
     first_seed: int = 1_000_000
     max_candidates: int | None = None
+    max_kept: int | None = 36
     batch_size: int = 64
 
     def __post_init__(self) -> None:
         check_number(self.min_presence, "min_presence", 0.0, 1.0)
         check_int(self.seeds, "paraphrase filter seeds", 1)
         check_int(self.batch_size, "paraphrase filter batch_size", 1)
-        if self.max_candidates is not None:
-            check_int(self.max_candidates, "max_candidates", 1)
+        for name in ("max_candidates", "max_kept"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
 
 
 def paraphrase_group(
@@ -59,8 +65,8 @@ def paraphrase_group(
     """The kept paraphrase prompts (group ``"paraphrase"``) of world ``concepts`` and the filter's record.
 
     ``model`` must be the original (unedited) model. The record is ``{"config", "num_candidates",
-    "num_kept", "candidates": [{"prompt", "concept", "presence", "kept"}]}``, presence being the
-    original model's over the filter's seeds.
+    "num_kept", "num_used", "candidates": [{"prompt", "concept", "presence", "kept", "used"}]}``,
+    presence being the original model's over the filter's seeds.
     """
     config = config or ParaphraseFilterConfig()
     candidates = spread(paraphrase_concept_prompts(concepts), config.max_candidates)
@@ -77,6 +83,10 @@ def paraphrase_group(
         )  # [seeds, prompts]
         for prompt, presence in zip(prompts, present.float().mean(0).tolist()):
             rows.append({"prompt": prompt, "concept": concept, "presence": presence, "kept": presence >= config.min_presence})
-    kept = [EvalPrompt(r["prompt"], None, "paraphrase") for r in rows if r["kept"]]
-    record = {"config": asdict(config), "num_candidates": len(rows), "num_kept": len(kept), "candidates": rows}
-    return kept, record
+    kept = [r for r in rows if r["kept"]]
+    used = {id(r) for r in spread(kept, config.max_kept)}
+    for r in rows:
+        r["used"] = id(r) in used
+    group = [EvalPrompt(r["prompt"], None, "paraphrase") for r in rows if r["used"]]
+    record = {"config": asdict(config), "num_candidates": len(rows), "num_kept": len(kept), "num_used": len(group), "candidates": rows}
+    return group, record

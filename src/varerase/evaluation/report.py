@@ -161,10 +161,12 @@ def _paraphrase_filter(settings: dict) -> str:
     if not record:
         return ""
     config = record["config"]
-    rows = [[c["prompt"], c["concept"], _percent(c["presence"]), "kept" if c["kept"] else "dropped"] for c in record["candidates"]]
+    verdicts = {(True, True): "kept, in the group", (True, False): "kept, left out (max_kept)", (False, False): "dropped"}
+    rows = [[c["prompt"], c["concept"], _percent(c["presence"]), verdicts[c["kept"], c["used"]]] for c in record["candidates"]]
     intro = (
         f"<p>{record['num_kept']} of {record['num_candidates']} candidates kept: presence ≥ {_percent(config['min_presence'])} "
-        f"in the original model's images over {config['seeds']} seeds from {config['first_seed']} (disjoint from the evaluation's).</p>"
+        f"in the original model's images over {config['seeds']} seeds from {config['first_seed']} (disjoint from the evaluation's); "
+        f"{record['num_used']} of them, evenly spaced, form the group.</p>"
     )
     return f"<h2>Paraphrase filter</h2>{intro}{_table(['prompt', 'concept', 'presence (original)', 'verdict'], rows)}"
 
