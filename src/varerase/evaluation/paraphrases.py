@@ -62,7 +62,7 @@ def paraphrase_group(
     progress: bool = True,
     context: DistributedContext | None = None,
 ) -> tuple[list[EvalPrompt], dict]:
-    """The kept paraphrase prompts (group ``"paraphrase"``) of world ``concepts`` and the filter's record.
+    """The paraphrase group (``"paraphrase"``: the used kept prompts) of world ``concepts`` and the filter's record.
 
     ``model`` must be the original (unedited) model. The record is ``{"config", "num_candidates",
     "num_kept", "num_used", "candidates": [{"prompt", "concept", "presence", "kept", "used"}]}``,
