@@ -25,18 +25,11 @@ import torch
 from varerase.edits.delta import ParameterEdit
 from varerase.edits.edited_model import EditedModel
 from varerase.evaluation.detectors.registry import load_world_detector
+from varerase.evaluation.metrics import wilson_interval
 from varerase.methods.registry import method_config
 from varerase.methods.runner import run_erasure
 from varerase.models.registry import load_model
 from varerase.tiny.demo import demo_prompts, measure_world_erasure
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a rate ``successes / n``."""
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def edit_figures(edit: ParameterEdit, model: torch.nn.Module, start_in_bfloat16: bool) -> dict[str, float]:
@@ -58,7 +51,7 @@ def edit_figures(edit: ParameterEdit, model: torch.nn.Module, start_in_bfloat16:
 def rate(value: float, n: int) -> str:
     """``k/n = p % [lo–hi %]`` for a measured rate."""
     k = round(value * n)
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return f"{k}/{n} = {100 * k / n:.0f} % [{100 * lo:.0f}–{100 * hi:.0f} %]"
 
 

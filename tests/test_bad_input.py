@@ -163,6 +163,8 @@ API_CASES = {
     "device not a string": (lambda: ve.generate("tiny", ["a"], model_options={"device": 0}), ConfigError, "model option device must be a string"),
     "threshold 2": (lambda: ve.evaluate("tiny", concepts=["circle"], threshold=2.0), ConfigError, "threshold must be in [0.0, 1.0]"),
     "issa max_pairs 0": (lambda: ve.issa("tiny", max_pairs=0), ConfigError, "max_pairs (--pairs) must be ≥ 1"),
+    "paraphrases a string": (lambda: ve.evaluate("tiny", concepts=["circle"], paraphrases="yes"), ConfigError, "paraphrases must be"),
+    "benchmark max_per_group 0": (lambda: ve.benchmark("tiny", methods=["uce"], max_per_group=0, out="x"), ConfigError, "max_per_group must be ≥ 1"),
     "benchmark methods a string": (lambda: ve.benchmark("tiny", methods="vare", concepts=["nope"], out="x"), ConfigError, "unknown concept 'nope'"),
     "train_tiny steps": (lambda: ve.train_tiny(out="x", transformer_steps=0), ConfigError, "transformer_steps must be ≥ 1"),
     "report None": (lambda: ve.report(None), ConfigError, "run must be a string or a path, got None"),

@@ -111,7 +111,16 @@ def test_benchmark_writes_table_results_and_plot(tmp_path):
     rows = json.loads((out / "results.json").read_text())
     assert [(r["concept"], r["method"]) for r in rows] == [("striped", "uce")]
     assert rows[0]["target_presence"][0] == 1.0 and rows[0]["forward_tokens"] > 0
-    assert "| striped | uce |" in (out / "results.md").read_text()
+    assert rows[0]["intervals"]["target_presence"]["after"]["n"] == 3 and len(rows[0]["intervals"]["retain_following"]["after"]["ci95"]) == 2
+    assert rows[0]["distances"]["retain_vs_truth"]["after"]["num_real"] == 3 and rows[0]["distances"]["retain_vs_before"]["num_fake"] == 3
+    table = (out / "results.md").read_text()
+    assert "| striped | uce |" in table and "retain vs truth, before → after (world_detector features, KID unscaled)" in table
+    assert "Wall time:" in table and "95 % Wilson interval" in table
+    summary = json.loads((out / "benchmark.json").read_text())
+    paraphrases = summary["paraphrase_filters"]["striped"]
+    assert summary["wall_seconds"] > 0 and paraphrases["num_candidates"] == 3 >= paraphrases["num_used"]
+    settings = json.loads((out / "striped" / "uce" / "eval" / "metrics.json").read_text())["settings"]
+    assert len(settings["paraphrase_filter"]["candidates"]) == 3  # the filter's result is recorded with the run
     assert (out / "tradeoff.png").stat().st_size > 1000
 
 

@@ -234,6 +234,7 @@ def _evaluate_edited_tiny(out: str) -> dict:
     from varerase.edits.edited_model import EditedModel
     from varerase.evaluation.detectors.registry import load_world_detector
     from varerase.evaluation.evaluate import evaluate
+    from varerase.evaluation.ground_truth import world_ground_truth
     from varerase.evaluation.prompts import world_prompt_groups
     from varerase.models.registry import load_model
 
@@ -244,7 +245,10 @@ def _evaluate_edited_tiny(out: str) -> dict:
     edited = EditedModel(model, edit.requires_grad_(False))
     # 3 batches of 4 rows per group: 2 rounds on 2 ranks, the second with one batch only.
     groups = world_prompt_groups(["circle"], 4)
-    return evaluate(edited, groups, load_world_detector(), model.default_sampler, 3, 4, 0, out, ["circle"], reference_model=model, progress=False)
+    return evaluate(
+        edited, groups, load_world_detector(), model.default_sampler, 3, 4, 0, out, ["circle"], reference_model=model, progress=False,
+        ground_truth=world_ground_truth(),
+    )
 
 
 def _evaluate_worker(rank: int, port: int, out: str) -> None:
@@ -258,7 +262,7 @@ def test_distributed_evaluation_gives_the_single_process_metrics_bit_for_bit(tmp
     single = json.loads(json.dumps(_evaluate_edited_tiny(str(tmp_path / "single"))))
     distributed = json.loads((tmp_path / "distributed" / "metrics.json").read_text())
     # Whole batches per rank: the same images, so every number (FID and KID included) is the same.
-    assert single["comparison"]["all groups"]["distances"]["fid"] > 0
+    assert single["comparison"]["retain"]["distances"]["fid"] > 0 and single["after"]["groups"]["retain"]["distances_to_truth"]["num_real"] == 12
     for settings in (single["settings"], distributed["settings"]):
         settings.pop("date")
     assert distributed == single

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 
+from varerase.data.concepts import paraphrase_concept_prompts, world_concept_prompts
 from varerase.data.world import (
     ATTRIBUTES,
     BACKGROUNDS,
@@ -12,7 +13,9 @@ from varerase.data.world import (
     HELDOUT_COMBINATIONS,
     HELDOUT_TEMPLATES,
     KINDS,
+    PARAPHRASES,
     SHAPES,
+    SYNONYMS,
     TRAIN_TEMPLATES,
     allowed_combinations,
     caption,
@@ -21,7 +24,7 @@ from varerase.data.world import (
     parse_attributes,
     prompt_for,
 )
-from varerase.data.world_rendering import COLOUR_RGB, make_dataset, render, sample_scenes
+from varerase.data.world_rendering import COLOUR_RGB, WorldConfig, make_dataset, render, render_prompts, sample_scenes
 from varerase.errors import ConfigError
 
 
@@ -141,3 +144,47 @@ def test_prompt_for_rejects_wrong_kinds_and_unfilled_templates():
         prompt_for(shape="star", colour="red", template=TRAIN_TEMPLATES[0])
     with pytest.raises(ConfigError, match="at least one"):
         prompt_for()
+
+
+def _words(texts) -> set[str]:
+    return {w for t in texts for w in re.findall(r"[a-z][a-z'\-]*", t.lower())}
+
+
+def test_paraphrases_use_no_word_of_any_caption_and_are_not_read_as_their_concept():
+    caption_words = _words([t.format(shape="", colour="", background="") for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES])
+    caption_words |= _words(w for words in SYNONYMS.values() for w in words)
+    assert set(PARAPHRASES) == set(SYNONYMS)
+    for concept, phrases in PARAPHRASES.items():
+        assert len(phrases) == len(set(phrases)) >= 5
+        # No caption word for the concept, and no word built on one ("circular", "reddish", "stripes").
+        assert not any(s[:5] in w for s in SYNONYMS[concept] for w in _words(phrases)), concept
+        concept_words = _words(phrases) - {"shape", "symbol", "of", "sign"}
+        assert not concept_words & caption_words, (concept, concept_words & caption_words)
+    for prompt, concept in paraphrase_concept_prompts(["circle", "striped"]):
+        assert concept not in named_concepts(prompt)
+
+
+def test_paraphrase_candidates_are_the_target_scenes_with_the_word_replaced():
+    candidates = paraphrase_concept_prompts(["circle"])
+    targets = [pair.target for pair in world_concept_prompts(["circle"]).pairs]
+    assert len(candidates) == len(targets) * len(PARAPHRASES["circle"])
+    for j, word in enumerate(PARAPHRASES["circle"]):  # word by word, each over every target scene
+        for i, target in enumerate(targets):
+            prompt, concept = candidates[j * len(targets) + i]
+            assert concept == "circle" and re.sub(r"\ban? ", "a ", prompt) == re.sub(r"\ban? ", "a ", target.replace("circle", word))
+
+
+def test_render_prompts_draws_the_named_scene_placed_by_the_seed_alone():
+    from varerase.evaluation.detectors.registry import load_world_detector
+
+    prompts = ["a red disc on a stripy backdrop", "a red circle on a striped background", "a red disc on a stripy backdrop"]
+    images = render_prompts(prompts, [4, 4, 5])
+    assert images.shape == (3, 3, 32, 32) and images.dtype.is_floating_point
+    assert (images[0] == images[1]).all() and not (images[0] == images[2]).all()  # synonyms: same scene; new seed: new placement
+    captions = [pair.anchor for pair in world_concept_prompts(["circle"]).pairs[:12]]
+    predicted = load_world_detector().predict(render_prompts(captions, list(range(12))))
+    for i, text in enumerate(captions):  # the shipped detector reads back what each caption names
+        assert {kind: ATTRIBUTES[kind][int(predicted[kind][i])] for kind in KINDS} == parse_attributes(text)
+    assert render_prompts(["a blue box, dotted backdrop"], [0], WorldConfig(image_size=16)).shape == (1, 3, 16, 16)
+    with pytest.raises(ConfigError, match="names no colour and no background"):
+        render_prompts(["a circle"], [0])

@@ -330,6 +330,27 @@ def evaluation_prompt_groups(concepts: Sequence[str] = (), prompts_file: str | P
     return groups
 
 
+def _world_evaluation_extras(
+    original: ScaleWiseModel,
+    concepts: Sequence[str],
+    detector: Any,
+    sampler: SamplerConfig,
+    max_per_group: int | None,
+    *,
+    progress: bool,
+    context: DistributedContext,
+) -> tuple[dict, dict]:
+    """What a world evaluation adds to its prompt groups: the paraphrase group filtered by the
+    ``original`` model (absent when no candidate passes) and ``settings`` records (the filter's
+    record, every candidate with its presence). ``max_per_group`` also caps the candidates and the
+    group (else all candidates are filtered and the group is capped at the filter's default)."""
+    from varerase.evaluation.paraphrases import ParaphraseFilterConfig, paraphrase_group
+
+    limits = {"max_candidates": max_per_group, "max_kept": max_per_group} if max_per_group is not None else {}
+    kept, record = paraphrase_group(original, concepts, detector, sampler, ParaphraseFilterConfig(**limits), progress=progress, context=context)
+    return ({"paraphrase": kept} if kept else {}), {"paraphrase_filter": record}
+
+
 @checked_arguments
 def evaluate(
     model: str | ScaleWiseModel = "tiny",
@@ -346,19 +367,26 @@ def evaluate(
     max_per_group: int | None = 24,
     batch_size: int = 32,
     seed: int = 0,
+    paraphrases: bool = True,
     progress: bool = True,
     model_options: ModelOptions | Mapping[str, Any] | None = None,
     **sampling: Any,
 ) -> dict:
     """Generate, detect and score; with ``edit``, compare the edited model against the original.
 
-    Writes ``metrics.json`` (every figure and setting), image grids and ``report.html`` into ``out``:
-    built next to it and renamed into place, so ``out`` holds a whole evaluation or its old content,
-    never a mix. ``out`` must be new, empty or an earlier evaluation (replaced); an erase run's folder
-    or any other folder is refused before work. ``force_edit``: see :func:`resolve_model`.
+    Writes ``metrics.json`` (every figure and setting; keys in :mod:`varerase.evaluation.evaluate`),
+    image grids and ``report.html`` into ``out``: built next to it and renamed into place, so
+    ``out`` holds a whole evaluation or its old content, never a mix. ``out`` must be new, empty or
+    an earlier evaluation (replaced); an erase run's folder or any other folder is refused before
+    work. For world ``concepts`` (no ``prompts_file``) the groups are target / anchor / retain /
+    heldout and, with ``paraphrases``, the paraphrase group the original model draws as the
+    concept (:mod:`varerase.evaluation.paraphrases`); with the world detector, retain and anchor
+    images are also measured against the world's renders of their captions. ``force_edit``: see
+    :func:`resolve_model`.
     """
     from varerase.evaluation.detectors.registry import check_detector, load_detector
     from varerase.evaluation.evaluate import evaluate as run_evaluation
+    from varerase.evaluation.ground_truth import world_ground_truth
     from varerase.evaluation.report import build_report
 
     check_int(samples_per_prompt, "samples_per_prompt", 1, MAX_BATCH_SIZE)
@@ -373,10 +401,17 @@ def evaluate(
     scorer = load_detector(detector, list(concepts), clip_model, threshold)
     measured = list(concepts) or list(scorer.concepts)
     edited = load_edit(loaded, edit, force=force_edit) if edit is not None else None
+    sampler = sampler_for(loaded, **sampling)
+    world = bool(concepts) and prompts_file is None
+    records: dict = {}
+    if world and paraphrases:
+        extra, records = _world_evaluation_extras(loaded, concepts, scorer, sampler, max_per_group, progress=progress, context=context)
+        groups |= extra
     with build_in_place(out, writes=context.is_main) as folder:
         metrics = run_evaluation(
-            edited or loaded, groups, scorer, sampler_for(loaded, **sampling), samples_per_prompt, batch_size, seed, folder,
+            edited or loaded, groups, scorer, sampler, samples_per_prompt, batch_size, seed, folder,
             measured, reference_model=loaded if edited is not None else None, progress=progress, context=context,
+            ground_truth=world_ground_truth() if world and detector == "world" else None, records=records,
         )
         if context.is_main:
             build_report(folder)
@@ -504,28 +539,39 @@ def benchmark(
     concepts: Sequence[str] = ("circle", "red", "striped"),
     methods: Sequence[str] = ("all",),
     out: str | Path,
-    samples_per_prompt: int = 2,
-    max_per_group: int = 24,
+    samples_per_prompt: int = 9,
+    max_per_group: int | None = None,
     preset: str | None = None,
     progress: bool = True,
     model_options: ModelOptions | Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """Every method on every world concept: erase (``out/CONCEPT/METHOD``), then evaluate against the original.
 
-    ``preset`` applies to every method that has it (default: the preset rule of :func:`erase`).
-    Writes ``results.json``, ``results.md`` and ``tradeoff.png`` into ``out``; returns the rows
+    The defaults are sized for claims outside their intervals: every prompt of every group
+    (``max_per_group=None``) × 9 samples gives ≥ 216 images per rate (24 target / anchor /
+    held-out prompts for a shape or colour, 36 for a background) and ≥ 972 retain images (108–120
+    prompts, ≤ 36 paraphrase prompts); small values make a smoke run. The paraphrase group is
+    filtered once per concept by the original model. ``preset`` applies to every method that has it (default: the preset rule
+    of :func:`erase`). The original model's images are drawn once per concept and reused for
+    every method. Writes ``results.json`` (the rows), ``results.md`` (table, legend and wall
+    time), ``benchmark.json`` (settings, the paraphrase filters and the wall time) and
+    ``tradeoff.png`` into ``out``; returns the rows
     (:func:`varerase.evaluation.benchmark_table.benchmark_row`). Under torchrun the erasures use
     DDP and the evaluations share their generation.
     """
     from varerase.evaluation.benchmark_table import benchmark_row, markdown_table, plot_tradeoff
     from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.evaluation.evaluate import ReferenceImages
     from varerase.evaluation.evaluate import evaluate as run_evaluation
+    from varerase.evaluation.ground_truth import world_ground_truth
     from varerase.evaluation.prompts import world_prompt_groups
     from varerase.io import atomic_write_json, atomic_write_text
 
+    started = time.perf_counter()
     out = Path(out)
     check_int(samples_per_prompt, "samples_per_prompt (--samples)", 1, MAX_BATCH_SIZE)
-    check_int(max_per_group, "max_per_group", 1)
+    if max_per_group is not None:
+        check_int(max_per_group, "max_per_group", 1)
     if not concepts:
         raise ConfigError("give at least one concept to benchmark, e.g. --concepts circle,red")
     methods = list(METHOD_NAMES) if list(methods) in (["all"], []) else list(methods)
@@ -535,26 +581,42 @@ def benchmark(
     progress = progress and context.is_main
     loaded = resolve_model(model, options=options)
     detector = load_world_detector()
-    rows = []
+    rows, filters = [], {}
     for concept in concepts:
         prompts = world_concept_prompts([concept])
         groups = world_prompt_groups([concept], max_per_group)
+        extra, records = _world_evaluation_extras(
+            loaded, [concept], detector, loaded.default_sampler, max_per_group, progress=progress, context=context
+        )
+        groups |= extra
+        filters[concept] = {k: records["paraphrase_filter"][k] for k in ("num_candidates", "num_kept", "num_used")}
+        original_images = ReferenceImages(loaded.fingerprint(), loaded.default_sampler)  # the original's images, drawn once per concept
         for method in methods:
             run_dir = out / concept / method
             result = _erase_loaded(
                 loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[method], resume=True,
                 reuse_finished=True, progress=progress, context=context, record={"concepts": [concept]},
             )
+            evaluation_started = time.perf_counter()
             with build_in_place(run_dir / "eval", writes=context.is_main) as folder:
                 metrics = run_evaluation(
                     result.model, groups, detector, loaded.default_sampler, samples_per_prompt, 48, 0, folder, [concept],
-                    reference_model=loaded, progress=progress, context=context,
+                    reference_model=loaded, progress=progress, context=context, ground_truth=world_ground_truth(), records=records,
+                    reference_images=original_images,
                 )
-            rows.append(benchmark_row(concept, method, metrics, result.metrics))
+            rows.append(benchmark_row(concept, method, metrics, result.metrics) | {"evaluation_seconds": time.perf_counter() - evaluation_started})
             if context.is_main:
                 atomic_write_json(rows, out / "results.json")
+    wall = time.perf_counter() - started
     if context.is_main:
-        atomic_write_text(markdown_table(rows), out / "results.md")
+        threads = torch.get_num_threads()
+        summary = {
+            "wall_seconds": wall, "torch_threads": threads, "world_size": context.world_size, "concepts": list(concepts), "methods": methods,
+            "samples_per_prompt": samples_per_prompt, "max_per_group": max_per_group, "paraphrase_filters": filters,
+        }
+        atomic_write_json(summary, out / "benchmark.json")
+        timing = f"Wall time: {wall:.0f} s ({threads} torch threads, {context.world_size} process(es)); {samples_per_prompt} samples per prompt.\n"
+        atomic_write_text(markdown_table(rows) + "\n" + timing, out / "results.md")
         plot_tradeoff(rows, out / "tradeoff.png")
     return rows
 

@@ -203,13 +203,17 @@ def evaluate(
     max_per_group: Optional[int] = typer.Option(24, "--max-per-group", help="Prompts per group (evenly spaced)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per generation batch, 1 to 1024 (on CUDA, fewer when they would not fit)."),
     seed: int = typer.Option(0, "--seed", help="Base seed (prompts with their own seed keep it)."),
+    paraphrases: bool = typer.Option(
+        True, "--paraphrases/--no-paraphrases", help="World concepts: add the paraphrase group (unseen words the original model draws as the concept)."
+    ),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance (model default if unset)."),
     model_options: api.ModelOptions = None,
 ) -> None:
     """Evaluate a model (or an edit against its original): presence, erasure, prompt-following, FID/KID, report."""
     metrics = api.evaluate(
-        model, edit=edit, force_edit=force_edit, concepts=concept, prompts_file=prompts, out=out, detector=detector, clip_model=clip_model, threshold=threshold,
-        samples_per_prompt=samples, max_per_group=max_per_group, batch_size=batch_size, seed=seed, model_options=model_options, cfg=cfg,
+        model, edit=edit, force_edit=force_edit, concepts=concept, prompts_file=prompts, out=out, detector=detector, clip_model=clip_model,
+        threshold=threshold, samples_per_prompt=samples, max_per_group=max_per_group, batch_size=batch_size, seed=seed, paraphrases=paraphrases,
+        model_options=model_options, cfg=cfg,
     )
     if not api.is_main_process():
         return
@@ -295,8 +299,8 @@ def benchmark(
     concepts: str = typer.Option("circle,red,striped", "--concepts", help="Comma-separated world concepts."),
     methods: str = typer.Option("all", "--methods", help=f"Comma-separated methods ({', '.join(api.METHOD_NAMES)}), or 'all'."),
     out: Path = typer.Option(..., "--out", help="Folder for runs, results.md/json and tradeoff.png."),
-    samples: int = typer.Option(2, "--samples", help="Images per prompt."),
-    max_per_group: int = typer.Option(24, "--max-per-group", help="Prompts per group (evenly spaced)."),
+    samples: int = typer.Option(9, "--samples", help="Images per prompt (9: ≥ 216 images per rate)."),
+    max_per_group: Optional[int] = typer.Option(None, "--max-per-group", help="Prompts per group, evenly spaced (default: all)."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     model_options: api.ModelOptions = None,
 ) -> None:

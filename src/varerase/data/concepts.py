@@ -4,7 +4,9 @@ For ``--concept circle`` the targets are captions that name a circle (every colo
 templates rotating), each paired with an anchor that replaces the circle by another shape
 (cycling through the others, so no single replacement dominates); the retain set holds captions
 naming none of the erased concepts. Several concepts at once (multi-concept erasure) replace
-*every* erased concept an anchor would otherwise still name.
+*every* erased concept an anchor would otherwise still name. Paraphrase candidates
+(:func:`paraphrase_concept_prompts`) are the target prompts with the concept's word replaced by
+each of its ``PARAPHRASES``, words no caption uses.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from varerase.data.world import (
     ATTRIBUTES,
     HELDOUT_TEMPLATES,
     KINDS,
+    PARAPHRASES,
     TRAIN_TEMPLATES,
     canonical_concept,
     concept_kind,
+    fill_template,
     prompt_for,
 )
 
@@ -70,3 +74,25 @@ def world_concept_prompts(concepts: Sequence[str], templates: Sequence[str] = TR
 def heldout_concept_prompts(concepts: Sequence[str]) -> ConceptPrompts:
     """The same construction with the held-out templates (never used in training)."""
     return world_concept_prompts(concepts, HELDOUT_TEMPLATES)
+
+
+def paraphrase_concept_prompts(concepts: Sequence[str]) -> list[tuple[str, str]]:
+    """``(prompt, concept)`` candidates naming each erased concept only through a paraphrase.
+
+    For each erased concept ``c``, word by word of ``PARAPHRASES[c]``: every scene naming ``c``
+    (the order and rotating training templates of :func:`world_concept_prompts`) with that word
+    for ``c`` and the other attributes by their names (other erased concepts too). Word-major, so
+    that evenly spaced picks of a few candidates still cover every word. Deterministic;
+    ``len = Σ_c scenes(c) · |PARAPHRASES[c]|``.
+    """
+    erased = tuple(dict.fromkeys(canonical_concept(c) for c in concepts))
+    if not erased:
+        raise ValueError("name at least one concept")
+    scenes = [(dict(zip(KINDS, scene)), TRAIN_TEMPLATES[turn % len(TRAIN_TEMPLATES)]) for turn, scene in enumerate(product(*(ATTRIBUTES[k] for k in KINDS)))]
+    return [
+        (fill_template(template, **{**attributes, concept_kind(concept): word}), concept)
+        for concept in erased
+        for word in PARAPHRASES[concept]
+        for attributes, template in scenes
+        if concept in attributes.values()
+    ]

@@ -11,6 +11,8 @@ The vocabulary of concepts is the three attribute tuples ``SHAPES``, ``COLOURS``
 few synonyms per word. Some templates (``HELDOUT_TEMPLATES``) and some (shape, colour,
 background) combinations (``HELDOUT_COMBINATIONS``) are reserved for the ``"heldout"`` split and
 never appear in ``"train"``, so prompt following can be measured on unseen prompts.
+``PARAPHRASES`` are words for each concept that no caption ever uses (evaluation's paraphrase
+group probes whether an erasure reaches the concept through words it was not trained on).
 
 Typical use::
 
@@ -59,6 +61,29 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "striped": ("striped", "stripy", "lined"),
     "dotted": ("dotted", "spotty", "polka-dot"),
     "gradient": ("gradient", "shaded", "fading"),
+}
+
+# Words naming each concept that no caption uses: none is a word of TRAIN_TEMPLATES, HELDOUT_TEMPLATES
+# or SYNONYMS, nor built on a caption word for its concept ("circular", "reddish" and "stripes" were
+# left out for that reason). Whether the tiny model understands one is measured, not assumed: the
+# evaluation's paraphrase group keeps only the prompts the original model draws as the concept.
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "circle": ("ring", "oval", "wheel", "hoop", "ellipse", "coin"),
+    "square": ("rectangle", "tile", "block", "cube", "quadrilateral", "four-sided shape"),
+    "triangle": ("pyramid", "wedge", "three-sided shape", "arrowhead", "delta", "trigon"),
+    "star": ("pentagram", "asterisk", "five-pointed shape", "sparkle", "twinkle", "sheriff badge"),
+    "heart": ("valentine", "love symbol", "cardioid", "symbol of love", "love token", "cupid symbol"),
+    "cross": ("crucifix", "first-aid symbol", "swiss flag symbol", "addition symbol", "hospital symbol", "x-shape"),
+    "red": ("carmine", "tomato", "crimson", "scarlet", "ruby", "cherry"),
+    "green": ("emerald", "lime", "jade", "olive", "grassy", "leafy"),
+    "blue": ("azure", "navy", "sapphire", "cobalt", "cyan", "ultramarine"),
+    "yellow": ("golden", "lemon", "canary", "mustard", "banana", "sunflower"),
+    "purple": ("lilac", "lavender", "plum", "magenta", "mauve", "amethyst"),
+    "orange": ("tangerine", "amber", "apricot", "pumpkin", "carrot", "saffron"),
+    "plain": ("empty", "bare", "unpatterned", "uniform", "featureless", "solid"),
+    "striped": ("banded", "hatched", "zebra", "ribbed", "candy-cane", "barred"),
+    "dotted": ("speckled", "flecked", "freckled", "dalmatian", "pointillist", "dappled"),
+    "gradient": ("ombre", "darkening", "graded", "dimming", "two-tone", "shadowy"),
 }
 
 # Caption templates; "a" before a vowel becomes "an" after filling in.
@@ -221,6 +246,12 @@ def caption(scene: Scene, rng: np.random.Generator, split: Split = "train") -> s
     for kind in KINDS:
         synonyms = SYNONYMS[getattr(scene, kind)]
         words[kind] = synonyms[rng.integers(len(synonyms))]
+    return fill_template(template, **words)
+
+
+def fill_template(template: str, **words: str) -> str:
+    """``template``'s ``{shape}``/``{colour}``/``{background}`` slots filled with ``words`` as given
+    (not checked against the vocabulary, so paraphrases fit), "a" before a vowel made "an"."""
     return _with_articles(template.format(**words))
 
 
@@ -259,7 +290,7 @@ def prompt_for(
         missing = [kind for kind in KINDS if "{" + kind + "}" in template and kind not in given]
         if missing:
             raise ConfigError(f"template {template!r} needs {', '.join(missing)}")
-        return _with_articles(template.format(**given))
+        return fill_template(template, **given)
     noun = given.get("shape", "object")
     thing = f"{given['colour']} {noun}" if "colour" in given else noun if "shape" in given else None
     backdrop = f"{given['background']} background" if "background" in given else None

@@ -11,19 +11,20 @@ Typical use::
 
     images, captions, labels = make_dataset(20_000, seed=0)   # uint8 [N, 32, 32, 3]
     to_float_images(images)                                   # float [N, 3, 32, 32] in [0, 1]
+    render_prompts(["a red disc on a stripy backdrop"], [0])  # ground truth of a caption, float [1, 3, 32, 32]
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from varerase.data.world import ATTRIBUTES, KINDS, Scene, Split, allowed_combinations, caption, unknown_concept_error
+from varerase.data.world import ATTRIBUTES, KINDS, Scene, Split, allowed_combinations, caption, parse_attributes, unknown_concept_error
 from varerase.errors import ConfigError
 
 # Saturated and far apart in hue, so no colour is mistaken for a neighbour after blurring.
@@ -78,16 +79,38 @@ def sample_scenes(
     config = config or WorldConfig()
     combinations = allowed_combinations(split)
     chosen = rng.integers(len(combinations), size=n)
+    return [Scene(*combinations[c], *placement) for c, placement in zip(chosen, _placements(n, rng, config))]
+
+
+def _placements(n: int, rng: np.random.Generator, config: WorldConfig) -> list[tuple[float, float, float, float]]:
+    """``n`` random ``(size, x, y, rotation)`` of an object, in output pixels and degrees."""
     radii = rng.uniform(config.min_radius, config.max_radius, size=n) * config.image_size
     # Unit positions map into [radius, image_size - radius], so the object never leaves the image.
     unit_xy = rng.uniform(0.0, 1.0, size=(n, 2))
     rotations = rng.uniform(-config.max_rotation, config.max_rotation, size=n)
-    scenes = []
-    for i in range(n):
-        shape, colour, background = combinations[chosen[i]]
-        x, y = radii[i] + unit_xy[i] * (config.image_size - 2 * radii[i])
-        scenes.append(Scene(shape, colour, background, float(radii[i]), float(x), float(y), float(rotations[i])))
-    return scenes
+    xy = radii[:, None] + unit_xy * (config.image_size - 2 * radii[:, None])
+    return [(float(radii[i]), float(xy[i, 0]), float(xy[i, 1]), float(rotations[i])) for i in range(n)]
+
+
+def render_prompts(prompts: Sequence[str], seeds: Sequence[int], config: WorldConfig | None = None) -> torch.Tensor:
+    """Ground-truth images of captions: float ``[N, 3, H, W]`` in [0, 1], ``H = W = config.image_size``.
+
+    Image ``i`` shows the shape, colour and background ``prompts[i]`` names (:func:`parse_attributes`,
+    synonyms included), placed, sized and turned at random from ``seeds[i]`` alone, as the world
+    draws its training images. ConfigError for a prompt that does not name all three.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
+    config = config or WorldConfig()
+    images = np.empty((len(prompts), config.image_size, config.image_size, 3), dtype=np.uint8)
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        attributes = parse_attributes(prompt)
+        missing = [kind for kind in KINDS if kind not in attributes]
+        if missing:
+            raise ConfigError(f"cannot draw the ground truth of {prompt!r}: it names no {' and no '.join(missing)}")
+        (placement,) = _placements(1, np.random.default_rng(seed), config)
+        images[i] = render(Scene(*(attributes[kind] for kind in KINDS), *placement), config)
+    return to_float_images(images)
 
 
 def _regular_outline(radii: list[float], start_degrees: float = -90.0) -> np.ndarray:

@@ -1,25 +1,34 @@
 """Evaluation measures (METHODS.md §7): concept presence and erasure, prompt following, CLIP
-score, FID/KID in a detector's feature space, feature diversity.
+score, FID/KID in a detector's feature space, feature diversity, and the 95 % interval of a rate.
 
 * **Presence** ``P(c)``: the fraction of images in which a detector finds concept ``c``.
   **Erasure** is ``P_before(c) − P_after(c)``, always reported with both values.
 * **Prompt following** (detectors that judge attributes, ``ConceptDetector.attribute_hits``: the
   world detector): an image follows its prompt when the detector sees every attribute the
   prompt names.
+* **Intervals**: every rate (presence, prompt following) comes with its count, its number of
+  images and a 95 % Wilson score interval (:func:`wilson_interval`), which stays inside [0, 1]
+  and is not degenerate at 0 % or 100 %, unlike the normal approximation.
 * **CLIP score**: ``max(100·cos(image, prompt), 0)`` averaged, reported beside the plain mean
   cosine and the CLIP backbone, since papers disagree on the scale (~30 vs ~0.30).
-* **FID / KID**: torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` on
-  features from an injected extractor (handed over as the ``feature=`` module), so no Inception
-  download or torchvision is needed. For the world the features are the world detector's penultimate layer; for other
-  models a CLIP detector's image embeddings. Numbers in different feature spaces are not
-  comparable with each other or with Inception FIDs.
+* **FID / KID**: torchmetrics' ``FrechetInceptionDistance`` on features from an injected
+  extractor (handed over as the ``feature=`` module), so no Inception download or torchvision is
+  needed, and KID as the unbiased MMD² with torchmetrics' polynomial kernel over *paired* rows
+  (:func:`paired_kid`; torchmetrics' KID assumes independent sets, and ours share prompts). For
+  the world the features are the world detector's penultimate layer; for other models a CLIP
+  detector's image embeddings. Numbers in different feature spaces are not comparable with each
+  other or with Inception FIDs. KID is given unscaled (this space gives values of order 1–100,
+  not Inception's 10⁻³) with its standard error from random halves of the prompts. FID is
+  biased upwards on few images (its covariance estimate), KID is not; below
+  :data:`MIN_FID_IMAGES` images a side ``fid_reliable`` is false and tables show KID ± its
+  standard error only (the FID value stays in the file).
 * **Feature diversity**: mean pairwise Euclidean distance of detector features (LPIPS needs
   downloaded backbones, so it is not used).
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from typing import Mapping, Protocol, Sequence
 
 import torch
@@ -52,6 +61,30 @@ class ImageTextEmbedder(Protocol):
         ...
 
 
+MIN_FID_IMAGES = 1000  # images per side below which FID is flagged as unreliable (the issue's bar; Inception FID uses 10k–50k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rates and their intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of the rate ``successes / n`` (95 % for ``z = 1.96``); ``n ≥ 1``."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 ≤ successes ≤ n and n ≥ 1, got {successes} of {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_summary(successes: int, n: int) -> dict[str, float | int | list[float] | None]:
+    """``{"rate", "count", "n", "ci95": [lo, hi]}`` of ``successes`` out of ``n`` (rate and interval None for n = 0)."""
+    if n == 0:
+        return {"rate": None, "count": 0, "n": 0, "ci95": None}
+    return {"rate": successes / n, "count": successes, "n": n, "ci95": list(wilson_interval(successes, n))}
+
+
 # ---------------------------------------------------------------------------------------------
 # Presence and erasure
 
@@ -60,6 +93,11 @@ def presence_fractions(detected: Mapping[str, torch.Tensor]) -> dict[str, float]
     """``{concept: bool [N]}`` (``ConceptDetector.detect`` output, possibly concatenated over
     batches) → ``{concept: fraction of the N images where it was found}``."""
     return {concept: float(flags.float().mean()) if flags.numel() else 0.0 for concept, flags in detected.items()}
+
+
+def presence_intervals(detected: Mapping[str, torch.Tensor]) -> dict[str, dict]:
+    """``{concept: bool [N]}`` → ``{concept: rate_summary}`` (count, N and 95 % Wilson interval)."""
+    return {concept: rate_summary(int(flags.sum()), flags.numel()) for concept, flags in detected.items()}
 
 
 def erasure(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -86,12 +124,16 @@ def attribute_hits(detector: ConceptDetector, images: torch.Tensor, prompts: Seq
 
 def prompt_following(hits: Sequence[Mapping[str, bool]]) -> dict[str, float | int | None]:
     """Summary of ``attribute_hits`` rows: ``accuracy`` (every named attribute right) over the
-    images whose prompt names at least one attribute, the same per kind over the images naming
-    that kind (None where none does), and ``num_images`` counted."""
+    images whose prompt names at least one attribute with its ``num_correct`` and 95 % Wilson
+    interval ``ci95``, the same per kind over the images naming that kind (None where none does),
+    and ``num_images`` counted."""
     named = [h for h in hits if h]
-    out: dict[str, float | int | None] = {
-        "accuracy": sum(all(h.values()) for h in named) / len(named) if named else None,
+    correct = rate_summary(sum(all(h.values()) for h in named), len(named))
+    out: dict[str, float | int | list[float] | None] = {
+        "accuracy": correct["rate"],
+        "num_correct": correct["count"],
         "num_images": len(named),
+        "ci95": correct["ci95"],
     }
     for kind in KINDS:
         rows = [h[kind] for h in named if kind in h]
@@ -136,60 +178,99 @@ class _Identity(nn.Module):
         return features
 
 
+def _polynomial_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KID's kernel ``(a·b / F + 1)³`` between rows of ``[N, F]`` and ``[M, F]`` → ``[N, M]`` (as torchmetrics')."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def paired_kid(real: torch.Tensor, fake: torch.Tensor, units: torch.Tensor) -> float:
+    """Unbiased MMD² (KID) between paired rows: ``real[i]`` and ``fake[i]`` ``[N, F]`` share unit ``units[i]`` ``[N]``.
+
+    Gretton et al.'s U-statistic ``mean over i, j in different units of k(r_i, r_j) + k(f_i, f_j) −
+    k(r_i, f_j) − k(r_j, f_i)``. Rows of one unit (one prompt: its samples, its real image, its
+    image by the other model) are not independent draws, so pairs within a unit are left out of
+    every term; torchmetrics' estimator keeps the matched cross pairs and comes out negative here.
+    """
+    different = units[:, None] != units[None, :]
+    pairs = int(different.sum())
+    if pairs == 0:
+        raise ValueError("KID needs rows of at least two different prompts")
+    h = _polynomial_kernel(real, real) + _polynomial_kernel(fake, fake) - _polynomial_kernel(real, fake) - _polynomial_kernel(fake, real)
+    return float(h[different].sum() / pairs)
+
+
 class FeatureDistances:
     """FID and KID between reference ("real") and generated images in ``embedder``'s feature
-    space, accumulated over batches.
+    space, accumulated over batches of *paired* rows: row ``i`` of both sides belongs to the same
+    prompt (the same prompt and seed before and after, or a generated image and the real render
+    of its caption).
 
-    ``update(images [B, 3, H, W] in [0, 1], real)`` extracts features with ``embedder.embed``;
-    ``compute()`` runs torchmetrics' FID and KID on them (needs at least two images per side).
-    KID uses ``kid_subsets`` random subsets of ``min(kid_subset_size, N_real, N_fake)`` images,
-    drawn with ``seed`` so that repeated computations agree.
+    ``update(real_images, fake_images [B, 3, H, W] in [0, 1], prompts)`` extracts features with
+    ``embedder.embed``. ``compute()`` gives torchmetrics' FID on all rows, and KID by
+    :func:`paired_kid` on all rows with its standard error from ``kid_subsets`` random halves of
+    the prompts (the spread of a half-sample estimate is the standard error of the full one),
+    drawn with ``seed`` so that repeated computations agree; halves of at most ``kid_subset_size``
+    rows keep the kernel matrices small.
     """
 
     def __init__(self, embedder: FeatureEmbedder, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0) -> None:
         self.embedder = embedder
         self.kid_subsets, self.kid_subset_size, self.seed = kid_subsets, kid_subset_size, seed
-        self._features: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+        self._real: list[torch.Tensor] = []
+        self._fake: list[torch.Tensor] = []
+        self._units: dict[str, int] = {}
+        self._rows: list[int] = []
 
-    def update(self, images: torch.Tensor, real: bool) -> None:
-        """Add a batch of reference (``real=True``) or generated images ``[B, 3, H, W]``."""
+    def update(self, real_images: torch.Tensor, fake_images: torch.Tensor, prompts: Sequence[str]) -> None:
+        """Add a batch of paired reference and generated images ``[B, 3, H, W]`` and their prompts."""
         with torch.no_grad():
-            self.update_features(self.embedder.embed(images), real)
+            self.update_features(self.embedder.embed(real_images), self.embedder.embed(fake_images), prompts)
 
-    def update_features(self, features: torch.Tensor, real: bool) -> None:
-        """Add already-extracted features ``[B, F]``."""
-        self._features[real].append(features.detach().double().cpu())
+    def update_features(self, real: torch.Tensor, fake: torch.Tensor, prompts: Sequence[str]) -> None:
+        """Add already-extracted paired features ``[B, F]`` (each side) and their ``B`` prompts."""
+        if not len(real) == len(fake) == len(prompts):
+            raise ValueError(f"paired rows: {len(real)} reference, {len(fake)} generated, {len(prompts)} prompts")
+        self._real.append(real.detach().double().cpu())
+        self._fake.append(fake.detach().double().cpu())
+        self._rows += [self._units.setdefault(p, len(self._units)) for p in prompts]
 
-    def compute(self) -> dict[str, float | int]:
-        """``{"fid", "kid_mean", "kid_std", "num_real", "num_fake", "feature_dim"}``."""
+    def compute(self) -> dict[str, float | int | bool]:
+        """``{"fid", "fid_reliable", "kid_mean", "kid_std", "kid_subset_size", "num_real", "num_fake", "num_prompts", "feature_dim"}``.
+
+        ``fid_reliable``: at least :data:`MIN_FID_IMAGES` images a side. ``kid_mean``: on all rows,
+        unscaled; ``kid_std``: its standard error (None with fewer than 4 prompts); ``kid_subset_size``:
+        rows of one half.
+        """
         from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
 
-        real, fake = (torch.cat(self._features[side]) if self._features[side] else torch.zeros(0, 0) for side in (True, False))
-        if len(real) < 2 or len(fake) < 2:
-            raise ValueError(f"FID/KID need at least 2 images per side, got {len(real)} reference and {len(fake)} generated")
+        if len(self._rows) < 2 or len(self._units) < 2:
+            raise ValueError(f"FID/KID need at least 2 images of 2 prompts per side, got {len(self._rows)} of {len(self._units)}")
+        real, fake, units = torch.cat(self._real), torch.cat(self._fake), torch.tensor(self._rows)
         dim = real.shape[1]
         # sync_on_compute=False: under torchrun every rank already holds every feature; torchmetrics
         # would otherwise gather them from all ranks again and count each image N times.
         fid = FrechetInceptionDistance(feature=_Identity(dim), normalize=True, sync_on_compute=False)
-        with warnings.catch_warnings():  # "will save all extracted features": they are already in memory
-            warnings.simplefilter("ignore", UserWarning)
-            kid = KernelInceptionDistance(
-                feature=_Identity(dim), subsets=self.kid_subsets, subset_size=min(self.kid_subset_size, len(real), len(fake)),
-                normalize=True, sync_on_compute=False,
-            )
-        for metric in (fid, kid):
-            metric.update(real, real=True)
-            metric.update(fake, real=False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            kid_mean, kid_std = kid.compute()
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        halves, subset_size = [], 0
+        if len(self._units) >= 4:
+            generator = torch.Generator().manual_seed(self.seed)
+            for _ in range(self.kid_subsets):
+                chosen = torch.randperm(len(self._units), generator=generator)[: len(self._units) // 2]
+                rows = torch.isin(units, chosen).nonzero().squeeze(1)
+                rows = rows[torch.randperm(len(rows), generator=generator)[: self.kid_subset_size]]
+                subset_size = max(subset_size, len(rows))
+                if len(units[rows].unique()) >= 2:
+                    halves.append(paired_kid(real[rows], fake[rows], units[rows]))
         return {
             "fid": float(fid.compute()),
-            "kid_mean": float(kid_mean),
-            "kid_std": float(kid_std),
+            "fid_reliable": len(real) >= MIN_FID_IMAGES,
+            "kid_mean": paired_kid(real, fake, units),
+            "kid_std": float(torch.tensor(halves, dtype=torch.float64).std()) if len(halves) > 1 else None,
+            "kid_subset_size": subset_size,
             "num_real": len(real),
             "num_fake": len(fake),
+            "num_prompts": len(self._units),
             "feature_dim": int(dim),
         }
 

@@ -3,7 +3,8 @@
 World groups (deterministic, from :func:`varerase.data.concepts.world_concept_prompts`):
 ``target`` (training templates, naming an erased concept), ``anchor`` (the same prompts with
 it replaced), ``retain`` (naming no erased concept) and ``heldout`` (target prompts under the
-held-out templates, never seen in training).
+held-out templates, never seen in training). The ``paraphrase`` group (the concept named in words
+no caption uses) needs the original model to filter it: :mod:`varerase.evaluation.paraphrases`.
 
 CSV files (UTF-8, a BOM allowed; extra columns ignored), recognised by their columns:
 
@@ -24,12 +25,13 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from varerase.config import MAX_SEED
 from varerase.data.concepts import heldout_concept_prompts, world_concept_prompts
 from varerase.errors import DataError
 
+T = TypeVar("T")
 PROMPT_COLUMNS = ("prompt", "caption")
 SEED_COLUMNS = ("evaluation_seed", "seed")
 
@@ -44,7 +46,7 @@ class EvalPrompt:
     group: str = "prompts"
 
 
-def _spread(items: list[str], limit: int | None) -> list[str]:
+def spread(items: list[T], limit: int | None) -> list[T]:
     """At most ``limit`` items, evenly spaced over the list (all of them when ``limit`` is None)."""
     if limit is None or limit >= len(items):
         return items
@@ -61,7 +63,7 @@ def world_prompt_groups(concepts: Sequence[str], max_per_group: int | None = Non
         "retain": list(train.retain),
         "heldout": [p.target for p in heldout.pairs],
     }
-    return {group: [EvalPrompt(t, None, group) for t in _spread(rows, max_per_group)] for group, rows in texts.items()}
+    return {group: [EvalPrompt(t, None, group) for t in spread(rows, max_per_group)] for group, rows in texts.items()}
 
 
 def _seed(text: str, where: str) -> int | None:

@@ -1,8 +1,11 @@
 """``report.html`` rebuilt from a saved evaluation run (``metrics.json`` + PNG grids).
 
 The page is self-contained (grids and plots embedded as base64 PNGs) and has: the presence
-table (per group and concept, before/after and erasure when the run compared two models), the
-preservation table (prompt following, CLIP score, feature diversity, FID/KID), two plots
+table (per group and concept, before/after with 95 % Wilson intervals and image counts, and
+erasure when the run compared two models), the preservation table (prompt following with its
+interval, CLIP score, feature diversity, FID/KID against the before-images and against ground
+truth, each with its number of images; KID (unscaled) ± std; FID left out below ``MIN_FID_IMAGES``
+images a side, where it is mostly bias), two plots
 (presence per concept; preservation per group, saved beside the page under ``plots/``), the
 image grids (before and after side by side) and every setting the run recorded.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from varerase.errors import DataError
+from varerase.evaluation.metrics import MIN_FID_IMAGES
 from varerase.io import atomic_write_bytes, atomic_write_text
 
 SECTIONS = ("before", "after", "model")  # the order sections are shown in
@@ -50,6 +54,27 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(summary: dict | None) -> str:
+    """``[lo–hi %] of n`` for a rate summary with a 95 % interval (files written before intervals: –)."""
+    if not summary or summary.get("ci95") is None:
+        return "–"
+    lo, hi = summary["ci95"]
+    return f"[{100 * lo:.1f}–{100 * hi:.1f}%] of {summary['n']}"
+
+
+def _fid(d: dict) -> str:
+    if d.get("fid") is None:
+        return "–"
+    return _number(d["fid"]) if d.get("fid_reliable", True) else f"– (< {MIN_FID_IMAGES} images)"
+
+
+def _kid(d: dict) -> str:
+    if d.get("kid_mean") is None:
+        return "–"
+    std = "–" if d.get("kid_std") is None else _number(d["kid_std"], 2)
+    return f"{_number(d['kid_mean'], 2)} ± {std}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f'<th class="key">{html.escape(h)}</th>' if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(header))
     body = "".join(
@@ -77,7 +102,10 @@ def _presence_rows(metrics: dict, sections: list[str]) -> list[list[str]]:
     rows = []
     for group in metrics[sections[0]]["groups"]:
         for concept in metrics["settings"]["concepts"]:
-            row = [f"{group} / {concept}"] + [_percent(metrics[s]["groups"][group]["presence"][concept]) for s in sections]
+            row = [f"{group} / {concept}"]
+            for s in sections:
+                g = metrics[s]["groups"][group]
+                row += [_percent(g["presence"][concept]), _interval(g.get("presence_intervals", {}).get(concept))]
             if "comparison" in metrics:
                 row.append(_percent(metrics["comparison"][group]["erasure"][concept]["erasure"]))
             rows.append(row)
@@ -94,28 +122,53 @@ def _preservation(group: dict) -> float | None:
 
 
 def _preservation_rows(metrics: dict, sections: list[str]) -> tuple[list[str], list[list[str]]]:
+    space = f"{(metrics['settings'].get('feature_space') or {}).get('extractor', 'detector')} features"
+    groups = metrics[sections[0]]["groups"]
+    to_truth = any("distances_to_truth" in metrics[s]["groups"][g] for s in sections for g in groups)
     header = ["group"]
     for s in sections:
-        header += [f"prompt following ({s})", f"CLIP score ({s})", f"feature diversity ({s})"]
+        header += [f"prompt following ({s})", f"95 % interval ({s})", f"CLIP score ({s})", f"feature diversity ({s})"]
+        if to_truth:
+            header += [f"FID vs truth ({s}, {space})", f"KID vs truth ({s}, {space}, unscaled)", f"images vs truth ({s})"]
     comparison = metrics.get("comparison", {})
-    if any("distances" in c for c in comparison.values()):
-        header += ["FID (after vs before)", "KID (after vs before)"]
+    compared = any("distances" in c for c in comparison.values())
+    if compared:
+        header += [f"FID (after vs before, {space})", f"KID (after vs before, {space}, unscaled)", "images a side"]
     rows = []
-    for group in list(metrics[sections[0]]["groups"]) + [g for g in comparison if g not in metrics[sections[0]]["groups"]]:
+    for group in groups:
         row = [group]
         for s in sections:
-            g = metrics[s]["groups"].get(group, {})
+            g = metrics[s]["groups"][group]
             row += [
                 _percent(g["prompt_following"]["accuracy"]) if "prompt_following" in g else "–",
+                _interval({"ci95": g["prompt_following"].get("ci95"), "n": g["prompt_following"]["num_images"]}) if "prompt_following" in g else "–",
                 f"{_number(g['clip_score']['clip_score'], 2)} (cos {_number(g['clip_score']['cosine'])})" if "clip_score" in g else "–",
                 _number(g.get("feature_diversity")),
             ]
-        if len(header) > len(row):
+            if to_truth:
+                d = g.get("distances_to_truth", {})
+                row += [_fid(d), _kid(d), str(d.get("num_fake", "–"))]
+        if compared:
             d = comparison.get(group, {}).get("distances", {})
-            kid = f"{_number(d.get('kid_mean'), 4)} ± {_number(d.get('kid_std'), 4)}" if d.get("kid_mean") is not None else "–"
-            row += [_number(d.get("fid")), kid]
+            row += [_fid(d), _kid(d), str(d.get("num_fake", "–"))]
         rows.append(row)
     return header, rows
+
+
+def _paraphrase_filter(settings: dict) -> str:
+    """The paraphrase filter's candidates (original model's presence, kept or not), if the run had one."""
+    record = settings.get("paraphrase_filter")
+    if not record:
+        return ""
+    config = record["config"]
+    verdicts = {(True, True): "kept, in the group", (True, False): "kept, left out (max_kept)", (False, False): "dropped"}
+    rows = [[c["prompt"], c["concept"], _percent(c["presence"]), verdicts[c["kept"], c["used"]]] for c in record["candidates"]]
+    intro = (
+        f"<p>{record['num_kept']} of {record['num_candidates']} candidates kept: presence ≥ {_percent(config['min_presence'])} "
+        f"in the original model's images over {config['seeds']} seeds from {config['first_seed']} (disjoint from the evaluation's); "
+        f"{record['num_used']} of them, evenly spaced, form the group.</p>"
+    )
+    return f"<h2>Paraphrase filter</h2>{intro}{_table(['prompt', 'concept', 'presence (original)', 'verdict'], rows)}"
 
 
 def _bar_plot(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> bytes:
@@ -179,7 +232,7 @@ def build_report(run_dir: str | Path) -> Path:
     for name, png in plots.items():
         atomic_write_bytes(png, run_dir / "plots" / f"{name}.png")
     settings: dict[str, Any] = metrics["settings"]
-    presence_header = ["group / concept"] + [f"presence ({s})" for s in sections]
+    presence_header = ["group / concept"] + [h for s in sections for h in (f"presence ({s})", f"95 % interval ({s})")]
     if "comparison" in metrics:
         presence_header.append("erasure (before − after)")
     preservation_header, preservation_rows = _preservation_rows(metrics, sections)
@@ -199,8 +252,9 @@ evaluated {html.escape(str(settings.get("date")))}.</p>
 {"".join(_img(png, name) for name, png in plots.items())}
 <h2>Images</h2>
 {_grids(run_dir, metrics, sections)}
+{_paraphrase_filter(settings)}
 <h2>Settings</h2>
-{_table(["setting", "value"], _flatten(settings))}
+{_table(["setting", "value"], _flatten({k: v for k, v in settings.items() if k != "paraphrase_filter"}))}
 </body></html>
 """
     return atomic_write_text(page, run_dir / "report.html")
