@@ -357,3 +357,17 @@ def test_bfloat16_rounding_of_a_float32_base_misses_only_weights_no_float32_delt
         assert ((merged - rounded).abs() <= half_ulp.detach()).all(), name
     with pytest.raises(ConfigError, match="LoRA"):
         method_config("s-vare", overrides={"lora_rank": 2, "update_precision": "bfloat16"})
+
+
+def test_benchmark_variants_name_a_method_with_settings_of_its_own():
+    from varerase.methods.registry import BENCHMARK_VARIANTS, method_variant
+
+    variant = method_variant("vare[loss=ce,lr=1e-3]")
+    assert (variant.method, variant.settings, variant.folder) == ("vare", {"loss": "ce", "lr": 1e-3}, "vare_loss-ce_lr-0.001")
+    assert method_variant("s-vare").settings == {} and method_variant("s-vare").folder == "s-vare"
+    assert "vare[loss=ce]" in BENCHMARK_VARIANTS
+    config = method_config("vare", overrides=method_variant("vare[loss=ce]").settings)
+    assert config.loss == "ce"
+    for bad, message in (("vare[loss=ce", "METHOD\\[KEY=VALUE"), ("nope[loss=ce]", "unknown method"), ("vare[loss]", "KEY=VALUE")):
+        with pytest.raises(ConfigError, match=message):
+            method_variant(bad)

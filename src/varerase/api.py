@@ -547,6 +547,10 @@ def benchmark(
 ) -> list[dict]:
     """Every method on every world concept: erase (``out/CONCEPT/METHOD``), then evaluate against the original.
 
+    ``methods``: names, or variants with settings of their own (``vare[loss=ce]``,
+    :func:`varerase.methods.registry.method_variant`); ``all`` is every method plus
+    :data:`varerase.methods.registry.BENCHMARK_VARIANTS`.
+
     The defaults are sized for claims outside their intervals: every prompt of every group
     (``max_per_group=None``) × 9 samples gives ≥ 216 images per rate (24 target / anchor /
     held-out prompts for a shape or colour, 36 for a background) and ≥ 972 retain images (108–120
@@ -574,8 +578,12 @@ def benchmark(
         check_int(max_per_group, "max_per_group", 1)
     if not concepts:
         raise ConfigError("give at least one concept to benchmark, e.g. --concepts circle,red")
-    methods = list(METHOD_NAMES) if list(methods) in (["all"], []) else list(methods)
-    resolved = {method: _erase_settings(method, model, preset) for method in methods}  # unknown names and presets fail before any work
+    from varerase.methods.registry import BENCHMARK_VARIANTS, method_variant
+
+    methods = [*METHOD_NAMES, *BENCHMARK_VARIANTS] if list(methods) in (["all"], []) else list(methods)
+    variants = [method_variant(spec) for spec in methods]
+    # Unknown names, presets and settings fail before any work.
+    resolved = {v.label: _erase_settings(v.method, model, preset, v.settings) for v in variants}
     world_concept_prompts(concepts)
     context, options = _join_ranks(model_options)
     progress = progress and context.is_main
@@ -591,10 +599,10 @@ def benchmark(
         groups |= extra
         filters[concept] = {k: records["paraphrase_filter"][k] for k in ("num_candidates", "num_kept", "num_used")}
         original_images = ReferenceImages(loaded.fingerprint(), loaded.default_sampler)  # the original's images, drawn once per concept
-        for method in methods:
-            run_dir = out / concept / method
+        for variant in variants:
+            run_dir = out / concept / variant.folder
             result = _erase_loaded(
-                loaded, model, method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[method], resume=True,
+                loaded, model, variant.method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[variant.label], resume=True,
                 reuse_finished=True, progress=progress, context=context, record={"concepts": [concept]},
             )
             evaluation_started = time.perf_counter()
@@ -604,7 +612,8 @@ def benchmark(
                     reference_model=loaded, progress=progress, context=context, ground_truth=world_ground_truth(), records=records,
                     reference_images=original_images,
                 )
-            rows.append(benchmark_row(concept, method, metrics, result.metrics) | {"evaluation_seconds": time.perf_counter() - evaluation_started})
+            row = benchmark_row(concept, variant.label, metrics, result.metrics)
+            rows.append(row | {"evaluation_seconds": time.perf_counter() - evaluation_started})
             if context.is_main:
                 atomic_write_json(rows, out / "results.json")
     wall = time.perf_counter() - started

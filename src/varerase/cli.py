@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
 import typing
 from pathlib import Path
@@ -297,7 +298,10 @@ def analyze_issa(
 def benchmark(
     model: str = typer.Option("tiny", "--model", help="Model (the benchmark's prompt groups are the built-in world's)."),
     concepts: str = typer.Option("circle,red,striped", "--concepts", help="Comma-separated world concepts."),
-    methods: str = typer.Option("all", "--methods", help=f"Comma-separated methods ({', '.join(api.METHOD_NAMES)}), or 'all'."),
+    methods: str = typer.Option(
+        "all", "--methods", help=f"Comma-separated methods ({', '.join(api.METHOD_NAMES)}), variants with settings of their own "
+        "(e.g. 'vare[loss=ce]', 'sace[scales=0-2]'), or 'all' (every method and the variants it compares).",
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for runs, results.md/json and tradeoff.png."),
     samples: int = typer.Option(9, "--samples", help="Images per prompt (9: ≥ 216 images per rate)."),
     max_per_group: Optional[int] = typer.Option(None, "--max-per-group", help="Prompts per group, evenly spaced (default: all)."),
@@ -306,7 +310,7 @@ def benchmark(
 ) -> None:
     """Every method on the same concepts: erasure, preservation, FID/KID, time, compute — one table."""
     rows = api.benchmark(
-        model, concepts=concepts.split(","), methods=methods.split(","), out=out, samples_per_prompt=samples,
+        model, concepts=concepts.split(","), methods=re.findall(r"[^,\[]+(?:\[[^\]]*\])?", methods), out=out, samples_per_prompt=samples,
         max_per_group=max_per_group, preset=preset, model_options=model_options,
     )
     if not api.is_main_process():

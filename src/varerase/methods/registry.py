@@ -95,3 +95,35 @@ def preset_for(name: str, model: object, preset: str | None) -> str | None:
     if preset is None and model == "tiny" and has_preset(name, "tiny"):
         return "tiny"
     return preset
+
+
+# Methods the benchmark runs under "all" besides every registered method with its own settings:
+# the CE form of VARE (S-VARE without its filter and preservation) beside the paper's MSE form.
+BENCHMARK_VARIANTS: tuple[str, ...] = ("vare[loss=ce]",)
+
+
+@dataclass(frozen=True)
+class MethodVariant:
+    """A method with settings of its own, written ``METHOD[KEY=VALUE,…]`` (e.g. ``vare[loss=ce]``): a benchmark row."""
+
+    label: str
+    method: str
+    settings: dict[str, Any]
+
+    @property
+    def folder(self) -> str:
+        """A folder name for the variant's run (``vare[loss=ce]`` → ``vare_loss-ce``)."""
+        return self.method + "".join(f"_{k}-{v}" for k, v in self.settings.items())
+
+
+def method_variant(spec: str) -> MethodVariant:
+    """Parse ``METHOD`` or ``METHOD[KEY=VALUE,…]``; an unknown method or a malformed spec is a ConfigError."""
+    from varerase.config import parse_assignments
+
+    spec = spec.strip()
+    name, bracket, rest = spec.partition("[")
+    if bracket and not rest.endswith("]"):
+        raise ConfigError(f"method {spec!r}: write METHOD or METHOD[KEY=VALUE,...], e.g. vare[loss=ce]")
+    registered_method(name)
+    settings = parse_assignments([a for a in rest[:-1].split(",") if a.strip()]) if bracket else {}
+    return MethodVariant(spec, name, settings)
