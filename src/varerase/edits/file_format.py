@@ -24,7 +24,11 @@ from varerase.models.base import ScaleWiseModel
 
 def save_edit(edit: ParameterEdit, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
     """Write ``edit.safetensors``: merged changed weights (full) or LoRA factors with peft's key names."""
-    metadata = {"format": "varerase-edit", "scope": edit.config.scope, "start_context": edit.config.start_context, "groups": ",".join(edit.config.groups)}
+    config = edit.config
+    metadata = {
+        "format": "varerase-edit", "scope": config.scope, "last_scale": str(config.last_scale), "start_context": config.start_context,
+        "groups": ",".join(config.groups),
+    }
     if edit.config.lora_rank == 0:
         tensors = edit.changed_weights(model)
         metadata["kind"] = "weights"
@@ -57,11 +61,13 @@ def load_edit(model: ScaleWiseModel, path: str | Path) -> EditedModel:
         raise CheckpointError(f"{path} is not a varerase edit (no 'format: varerase-edit' metadata)")
     params = dict(model.named_parameters())
     kind = metadata.get("kind")
+    scope = metadata.get("scope", "all")
     config = EditConfig(
         groups=metadata.get("groups", "").split(",") if metadata.get("groups") else (),
         lora_rank=int(metadata.get("rank", 0)) if kind == "lora" else 0,
         lora_alpha=float(metadata["alpha"]) if kind == "lora" else None,
-        scope=metadata.get("scope", "all"),
+        scope="gated" if scope == "scale0" else scope,  # "scale0": SACE's edits from before the gate took scales 0..k
+        last_scale=int(metadata.get("last_scale", 0)),
         start_context=metadata.get("start_context", "original"),
     )
     edit = ParameterEdit(model, config)

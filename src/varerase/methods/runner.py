@@ -38,12 +38,17 @@ class ErasureResult:
     metrics: dict
 
 
+# What an erase may write into its run directory before the run starts: the ISSA that chose SACE's
+# scales=auto (varerase.api.erase), so that a resumed run reads it back instead of repeating it.
+ISSA_FOLDER = "issa"
+
+
 def run_status(run_dir: Path) -> str:
-    """``"complete"``, ``"incomplete"`` (started, not finished) or ``"absent"``."""
+    """``"complete"``, ``"incomplete"`` (started, not finished) or ``"absent"`` (nothing there but an :data:`ISSA_FOLDER`)."""
     marker = run_dir / "run.json"
     if marker.exists() and read_json_config(marker, "delete it to resume the run, or choose another --out").get("status") == "complete":
         return "complete"
-    return "incomplete" if run_dir.exists() and any(run_dir.iterdir()) else "absent"
+    return "incomplete" if run_dir.exists() and any(p.name != ISSA_FOLDER for p in run_dir.iterdir()) else "absent"
 
 
 def check_batches_split(config: MethodConfig, context: DistributedContext) -> None:
