@@ -55,10 +55,10 @@ class EditConfig:
             raise ConfigError(f"scope must be 'all' or 'gated', got {self.scope!r}")
         if self.start_context not in ("original", "adapted"):
             raise ConfigError(f"start context must be 'original' or 'adapted', got {self.start_context!r}")
-        if self.scope != "gated" and (self.start_context == "adapted" or self.last_scale):
-            raise ConfigError("start_context='adapted' and last_scale apply to scale-gated edits (scope 'gated') only")
         if isinstance(self.last_scale, bool) or not isinstance(self.last_scale, int) or self.last_scale < 0:
             raise ConfigError(f"last_scale must be an integer ≥ 0, got {self.last_scale!r}")
+        if self.scope != "gated" and (self.start_context == "adapted" or self.last_scale):
+            raise ConfigError("start_context='adapted' and last_scale apply to scale-gated edits (scope 'gated') only")
 
 
 def _key(name: str) -> str:
