@@ -208,7 +208,7 @@ def _sace_scales(
     (:class:`VarEraseWarning`), before any training.
     """
     from varerase.evaluation.detectors.registry import load_detector
-    from varerase.evaluation.issa import WARN_PREVENTED, run_issa, scales_setting
+    from varerase.evaluation.issa import WARN_PREVENTED, compute_issa, run_issa, scales_setting
 
     preset, config = settings
     curves, source = at_hand
@@ -230,10 +230,8 @@ def _sace_scales(
     if curves is None:
         chosen = _evenly_spaced(prompt_pairs, AUTO_ISSA_PAIRS)
         issa_out = Path(out) / ISSA_FOLDER if out is not None else None
-        result = run_issa(
-            loaded, chosen, load_detector("world", list(concepts)), concepts[0], sampler_for(loaded), list(range(AUTO_ISSA_SEEDS)),
-            issa_out, progress, context,
-        )
+        analysis = (loaded, chosen, load_detector("world", list(concepts)), concepts[0], sampler_for(loaded), list(range(AUTO_ISSA_SEEDS)))
+        result = run_issa(*analysis, issa_out, progress, context) if issa_out is not None else compute_issa(*analysis, progress, context)
         curves, source = result.curves(), issa_out or f"a {AUTO_ISSA_SEEDS}-seed ISSA of {len(chosen)} pairs"
     last = curves.recommended_last_scale
     config = dataclasses.replace(config, scales=scales_setting(last), edit=dataclasses.replace(config.edit, last_scale=last))
