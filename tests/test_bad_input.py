@@ -55,6 +55,16 @@ CLI_CASES = {
     "sace benign_batch_size": (
         ["erase", "--concept", "circle", "--method", "sace", "--set", "benign_batch_size=100000", "--out", "{tmp}/r"], "benign_batch_size must be in"
     ),
+    # SACE's confined scales (issue 15)
+    "sace scales 1-3": (["erase", "--concept", "circle", "--method", "sace", "--set", "scales=1-3", "--out", "{tmp}/r"], "confined scales start at 0"),
+    "sace scales 2": (["erase", "--concept", "circle", "--method", "sace", "--set", "scales=2", "--out", "{tmp}/r"], "write scales=0-2"),
+    "sace scales word": (["erase", "--concept", "circle", "--method", "sace", "--set", "scales=some", "--out", "{tmp}/r"], "or auto; got 'some'"),
+    "sace auto without a world model": (
+        ["erase", "--model", "infinity-2b", "--concept", "circle", "--method", "sace", "--set", "scales=auto", "--out", "{tmp}/r"],
+        "pass --issa DIR",
+    ),
+    "issa for another method": (["erase", "--concept", "circle", "--issa", "{tmp}", "--out", "{tmp}/r"], "--method s-vare does not read it"),
+    "issa folder without results": (["erase", "--concept", "circle", "--method", "sace", "--issa", "{tmp}", "--out", "{tmp}/r"], "no ISSA results at"),
     "evaluate batch-size 100000": (["evaluate", "--concept", "circle", "--batch-size", "100000", "--out", "{tmp}/e"], "batch_size must be in [1, 1024]"),
     "betas [2,3]": (["erase", "--concept", "circle", "--set", "betas=[2,3]", "--out", "{tmp}/r"], "betas must be two numbers in [0, 1)"),
     "betas [0.9,1]": (["erase", "--concept", "circle", "--set", "betas=[0.9,1]", "--out", "{tmp}/r"], "betas must be two numbers in [0, 1)"),

@@ -161,3 +161,18 @@ def test_help_names_what_each_flag_accepts_and_every_model_command_takes_the_mod
     for command in ("erase", "generate", "evaluate", "attack", "analyze issa", "benchmark"):
         for flag in ("--checkpoint", "--vae", "--text-encoder", "--device", "--mixed-precision", "--attention"):
             assert flag in help_of[command], (command, flag)
+
+
+def test_sace_scales_auto_runs_a_small_issa_and_records_the_curves_and_the_choice_in_the_run_folder(tmp_path):
+    from varerase.evaluation.issa import IssaCurves
+
+    run = tmp_path / "auto"
+    result = runner.invoke(app, ["erase", "--concept", "circle", "--method", "sace", "--set", "scales=auto", "--steps", "1", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    curves = IssaCurves.read(run / "issa")  # the ISSA that chose, in the run folder, with both curves
+    assert len(curves.switch_in) == len(curves.commit) == 7 and (run / "issa" / "issa.png").exists()
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    k = curves.recommended_last_scale
+    assert recorded["method_config"]["edit"]["last_scale"] == k and recorded["scales_auto"]["chosen"] == ("0" if k == 0 else f"0-{k}")
+    assert recorded["scales_auto"]["verdict"] == curves.verdict() and "warning" not in result.stderr
+    assert curves.prevented_at_scale_0 < 0.5  # the built-in model decides circle late (README)

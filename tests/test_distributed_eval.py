@@ -132,13 +132,13 @@ def test_two_process_issa_splits_pair_seed_rows_and_writes_the_single_process_cu
     single = json.loads((tmp_path / "single" / "issa.json").read_text())
     assert distributed["entry_scale"] == single["entry_scale"]
     for ours, theirs in zip(distributed["pairs"], single["pairs"]):
-        assert ours["detected"] == theirs["detected"] and ours["presence"] == theirs["presence"]
-        assert ours["mean_score"] == theirs["mean_score"]
+        for key in ("detected_in", "detected_commit", "switch_in", "commit", "switch_in_score", "commit_score"):
+            assert ours[key] == theirs[key], key
         assert ours["kl"] == theirs["kl"] and min(ours["kl"]) > 0
-    assert distributed["table"] == single["table"]  # presence, mean score, saliency and KL per k
+    assert distributed["table"] == single["table"]  # both curves, their mean scores, saliency and KL per k
     for strip in ("pair_00.png", "pair_01.png"):
         assert (tmp_path / "distributed" / "strips" / strip).read_bytes() == (tmp_path / "single" / "strips" / strip).read_bytes()
-    # 6 (pair, seed) rows × (S + 1) switch scales: one pair (3 rows) a rank, each scored once.
-    columns = len(_issa_model().schedule) + 1
+    # 6 (pair, seed) rows × 2S generations (S + 1 switch-in, S − 1 commit: the ends are shared): one pair (3 rows) a rank, each scored once.
+    columns = 2 * len(_issa_model().schedule)
     assert single_counts["issa"] == len(ISSA_PAIRS) * len(ISSA_SEEDS) * columns
     assert [report["issa"] for report in reports] == [3 * columns, 3 * columns]

@@ -43,49 +43,76 @@ def _eraser(model, method, **overrides):
     return eraser
 
 
-def test_sace_gate_moves_only_scale_zero_logits(tiny_model):
-    edit = ParameterEdit(tiny_model, EditConfig(groups=["cross_attn", "ffn", "start_token"], scope="scale0"))
+@pytest.mark.parametrize("last_scale", [0, 2])
+def test_sace_gate_moves_only_the_confined_scales_logits(tiny_model, last_scale):
+    edit = ParameterEdit(tiny_model, EditConfig(groups=["cross_attn", "ffn", "start_token"], scope="gated", last_scale=last_scale))
     with torch.no_grad():
         for p in edit.parameters():
             p.normal_(std=0.05)
-    edited = EditedModel(tiny_model, edit)
+    edited, confined = EditedModel(tiny_model, edit), tiny_model.confined_positions(last_scale)
     cond = random_condition(2)
     maps = tiny_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
     original, adapted = tiny_model.teacher_forced_logits(cond, maps), edited.teacher_forced_logits(cond, maps)
-    torch.testing.assert_close(adapted[:, 1:], original[:, 1:], atol=0, rtol=0)
-    assert not torch.allclose(adapted[:, :1], original[:, :1])
-    # Sampling: given the same scale-0 map, every later scale's logits are the original model's.
+    torch.testing.assert_close(adapted[:, confined:], original[:, confined:], atol=0, rtol=0)
+    assert not torch.allclose(adapted[:, :confined], original[:, :confined])
+    torch.testing.assert_close(adapted[:, :confined], edited.confined_logits(cond, maps, last_scale), atol=0, rtol=0)
+    # Sampling: given the same confined maps, every later scale's logits are the original model's.
     gen = edited.generate(cond, SamplerConfig(cfg=1.0), seed=3, decode=False)
-    torch.testing.assert_close(gen.all_logits()[:, 1:], tiny_model.teacher_forced_logits(cond, gen.maps)[:, 1:], atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(gen.logits[0], edited.first_scale_logits(cond), atol=1e-5, rtol=1e-5)
+    logits = gen.all_logits()
+    torch.testing.assert_close(logits[:, confined:], tiny_model.teacher_forced_logits(cond, gen.maps)[:, confined:], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[:, :confined], edited.confined_logits(cond, gen.maps, last_scale), atol=2e-5, rtol=1e-4)
 
 
-def _scale_gated(model, groups, context):
-    edit = ParameterEdit(model, EditConfig(groups=groups, scope="scale0", start_context=context))
+def test_gated_edit_generates_exactly_the_originals_images_for_a_prompt_whose_confined_scales_it_leaves_alone(tiny_model):
+    """Δ on the text pool's key/value weights of channels the benign prompt (and ∅) leave at zero: the target's
+    confined scales change, the benign prompt's do not, and it generates the original's maps bit for bit."""
+    zero = slice(0, 16)
+    with torch.no_grad():
+        tiny_model.transformer.cfg_uncond[:, zero] = 0
+    edit = ParameterEdit(tiny_model, EditConfig(groups=["start_token_kv"], scope="gated", last_scale=2))
+    with torch.no_grad():
+        for delta in edit.deltas.values():
+            delta[:, zero] = torch.randn(delta[:, zero].shape, generator=torch.Generator().manual_seed(5))
+    edited = EditedModel(tiny_model, edit)
+    benign, target = random_condition(3, seed=1), random_condition(3, seed=2)
+    benign.features[..., zero] = 0
+    sampler, seeds = SamplerConfig(cfg=3.0), [0, 1, 2]
+    same, original = edited.generate(benign, sampler, seed=seeds, decode=False), tiny_model.generate(benign, sampler, seed=seeds, decode=False)
+    assert all(torch.equal(a, b) for a, b in zip(same.maps, original.maps))
+    assert all(torch.equal(a, b) for a, b in zip(same.logits, original.logits))
+    moved = edited.generate(target, sampler, seed=seeds, decode=False).logits[0]
+    assert not torch.allclose(moved, tiny_model.generate(target, sampler, seed=seeds, decode=False).logits[0])
+
+
+def _scale_gated(model, groups, context, last_scale=0):
+    edit = ParameterEdit(model, EditConfig(groups=groups, scope="gated", start_context=context, last_scale=last_scale))
     with torch.no_grad():
         for p in edit.parameters():
             p.normal_(std=0.05, generator=torch.Generator().manual_seed(1))
     return EditedModel(model, edit)
 
 
-def test_sace_adapted_context_lets_later_scales_attend_to_the_edited_start_position(tiny_model, tmp_path):
+@pytest.mark.parametrize("last_scale", [0, 1])
+def test_sace_adapted_context_lets_later_scales_attend_to_the_edited_confined_positions(tiny_model, tmp_path, last_scale):
     cond = random_condition(2)
     maps = tiny_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
-    original = tiny_model.teacher_forced_logits(cond, maps)
-    strict = _scale_gated(tiny_model, ["cross_attn", "ffn", "start_token"], "original")
-    adapted = _scale_gated(tiny_model, ["cross_attn", "ffn", "start_token"], "adapted")
+    original, confined = tiny_model.teacher_forced_logits(cond, maps), tiny_model.confined_positions(last_scale)
+    strict = _scale_gated(tiny_model, ["cross_attn", "ffn", "start_token"], "original", last_scale)
+    adapted = _scale_gated(tiny_model, ["cross_attn", "ffn", "start_token"], "adapted", last_scale)
     logits = adapted.teacher_forced_logits(cond, maps)
-    torch.testing.assert_close(logits[:, :1], strict.teacher_forced_logits(cond, maps)[:, :1], atol=1e-6, rtol=0)
-    assert (logits[:, 1:] - original[:, 1:]).abs().max() > 1e-3  # later scales see the edited start position
+    torch.testing.assert_close(logits[:, :confined], strict.teacher_forced_logits(cond, maps)[:, :confined], atol=1e-6, rtol=0)
+    assert (logits[:, confined:] - original[:, confined:]).abs().max() > 1e-3  # later scales see the edited confined positions
     # Sampling agrees with teacher forcing on its own maps (KV-cached path vs. one block-causal pass).
     gen = adapted.generate(cond, SamplerConfig(cfg=1.0), seed=3, decode=False)
     torch.testing.assert_close(gen.all_logits(), adapted.teacher_forced_logits(cond, gen.maps), atol=2e-5, rtol=1e-4)
     # An edit of the head leaves every start-position key/value alone: later scales are the original's.
-    head_only = _scale_gated(tiny_model, ["head"], "adapted").teacher_forced_logits(cond, maps)
-    torch.testing.assert_close(head_only[:, 1:], original[:, 1:], atol=1e-6, rtol=0)
-    # The choice travels with the saved edit.
+    head_only = _scale_gated(tiny_model, ["head"], "adapted", last_scale).teacher_forced_logits(cond, maps)
+    torch.testing.assert_close(head_only[:, confined:], original[:, confined:], atol=1e-6, rtol=0)
+    # The choice and the confined scales travel with the saved edit.
     save_edit(adapted.edit, tmp_path / "edit.safetensors", tiny_model)
-    assert load_edit(tiny_model, tmp_path).edit.config.start_context == "adapted"
+    loaded = load_edit(tiny_model, tmp_path)
+    assert (loaded.edit.config.start_context, loaded.edit.config.last_scale) == ("adapted", last_scale)
+    torch.testing.assert_close(loaded.teacher_forced_logits(cond, maps), logits, atol=1e-6, rtol=0)
     assert strict.fingerprint() != adapted.fingerprint()
 
 
@@ -289,7 +316,7 @@ def test_flat_and_nested_settings_build_the_same_tree():
     assert (flat.training.steps, flat.training.lr, flat.edit.lora_rank, flat.rho, flat.batch_size) == (5, 0.01, 4, 0.5, 4)  # batch_size: the preset's
     assert flat.edit.groups == ["cross_attn", "ffn"] and flat.training.betas == (0.9, 0.97)  # untouched settings keep their defaults
     sace = method_config("sace", overrides={"context": "adapted"})
-    assert (sace.edit.scope, sace.edit.start_context, sace.edit.groups) == ("scale0", "adapted", ["cross_attn", "ffn", "start_token"])
+    assert (sace.edit.scope, sace.edit.start_context, sace.edit.groups) == ("gated", "adapted", ["cross_attn", "ffn", "start_token"])
     layered = MethodConfig.from_settings(({"lr": 0.5}, "a"), ({"training": {"steps": 3}}, "b"))  # later layers add to earlier ones
     assert layered.training == dataclasses.replace(MethodConfig().training, lr=0.5, steps=3)
 
@@ -300,7 +327,7 @@ def test_unknown_or_misplaced_settings_are_refused_naming_the_known_ones(tiny_te
     with pytest.raises(ConfigError, match=r"unknown training setting\(s\) \['rho'\]; known: .*'steps'"):
         method_config("s-vare", overrides={"training": {"rho": 0.5}})
     with pytest.raises(ConfigError, match="scope"):  # the scope belongs to the method
-        method_config("vare", overrides={"scope": "scale0"})
+        method_config("vare", overrides={"scope": "gated"})
     with pytest.raises(ConfigError, match="takes a SACEConfig"):
         run_erasure(tiny_text_model, "sace", PAIRS, method_config("vare"), progress=False)
 
@@ -371,3 +398,79 @@ def test_benchmark_variants_name_a_method_with_settings_of_its_own():
     for bad, message in (("vare[loss=ce", "METHOD\\[KEY=VALUE"), ("nope[loss=ce]", "unknown method"), ("vare[loss]", "KEY=VALUE")):
         with pytest.raises(ConfigError, match=message):
             method_variant(bad)
+
+
+@pytest.mark.parametrize(("value", "last_scale"), [(0, 0), ("0", 0), ("0-2", 2), ([0, 1, 2, 3], 3)])
+def test_sace_scales_setting_names_the_confined_prefix(value, last_scale):
+    config = method_config("sace", overrides={"scales": value})
+    assert config.edit.last_scale == last_scale and not config.is_auto
+    assert method_config("sace", overrides={"scales": "auto"}).is_auto
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(2, r"scales=2 is ambiguous.*write scales=0-2"), ("1-3", "confined scales start at 0"), ([0, 2], "0, 1, …, K in order"),
+     ("all", "scales must be 0 .*got 'all'"), (1.5, "scales must be 0")],
+)
+def test_sace_refuses_scales_that_are_not_a_prefix_from_zero(value, message):
+    with pytest.raises(ConfigError, match=message):
+        method_config("sace", overrides={"scales": value})
+
+
+def test_sace_refuses_more_scales_than_the_model_has_and_an_unresolved_auto(tiny_text_model):
+    with pytest.raises(ConfigError, match="exceeds the model's 4 scales; the last is 3"):
+        eraser_class("sace")(tiny_text_model, PAIRS, method_config("sace", overrides={"scales": "0-4"}), RETAIN, progress=False)
+    with pytest.raises(ConfigError, match="scales=auto is resolved from ISSA"):
+        eraser_class("sace")(tiny_text_model, PAIRS, method_config("sace", overrides={"scales": "auto"}), RETAIN, progress=False)
+
+
+def test_sace_confined_to_two_scales_trains_on_teacher_forced_anchor_maps_and_counts_its_positions(tiny_text_model, tmp_path):
+    steps, batch, benign = 3, 2, 4
+    config = method_config("sace", overrides={"scales": "0-2", "steps": steps, "batch_size": batch, "benign_batch_size": benign, "lr": 1e-2})
+    result = run_erasure(tiny_text_model, "sace", PAIRS, config, RETAIN, run_dir=tmp_path / "run", progress=False)
+    positions = tiny_text_model.confined_positions(2)  # 1 + 4 + 9
+    benign_rows = len(PAIRS) + len(RETAIN) + len(PAIRS)  # anchors, retain prompts, ∅ per target
+    assert result.metrics["forward_tokens"] == (4 * len(PAIRS) + benign_rows + steps * (batch + benign)) * positions
+    assert len(list((tmp_path / "run" / "teacher_cache").glob("*.safetensors"))) == len(PAIRS)  # the anchors' maps, nothing else
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method_config"]["edit"]["last_scale"] == 2
+    edited, confined = load_edit(tiny_text_model, tmp_path / "run"), positions
+    cond = tiny_text_model.encode_text([PAIRS[0].target])
+    maps = tiny_text_model.generate(cond, SamplerConfig(cfg=1.0), seed=0, decode=False).maps
+    original, after = tiny_text_model.teacher_forced_logits(cond, maps), edited.teacher_forced_logits(cond, maps)
+    assert not torch.allclose(after[:, :confined], original[:, :confined])  # trained: the confined scales moved
+    torch.testing.assert_close(after[:, confined:], original[:, confined:], atol=0, rtol=0)  # the rest is the original's
+
+
+def _write_issa(folder, switch_in, fingerprint, concept="circle"):
+    """An ``analyze issa`` result as :class:`IssaCurves` reads it (the commit curve mirrored: only switch-in decides here)."""
+    folder.mkdir(parents=True)
+    curves = {"switch_in": switch_in, "commit": [1 - p for p in switch_in]}
+    (folder / "issa.json").write_text(json.dumps({"concept": concept, "curves": curves, "settings": {"model_fingerprint": fingerprint}}))
+    return folder
+
+
+def test_sace_warns_at_scales_zero_only_with_issa_at_hand_and_auto_takes_its_recommendation(tiny_text_model, tmp_path):
+    import warnings
+
+    import varerase.api as ve
+    from varerase.errors import VarEraseWarning
+
+    fingerprint = tiny_text_model.fingerprint()
+    late = _write_issa(tmp_path / "late", [1.0, 0.9, 0.5, 0.05, 0.0], fingerprint)
+    erase = dict(method="sace", concepts=["circle"], steps=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ISSA at hand: not a word
+        ve.erase(tiny_text_model, out=tmp_path / "none", **erase)
+    with pytest.warns(VarEraseWarning, match=r"scale 0 prevents only 10% of 'circle'.*try --set scales=auto \(ISSA recommends scales=0-2\)"):
+        ve.erase(tiny_text_model, out=tmp_path / "given", issa=late, **erase)
+    early = _write_issa(tmp_path / "early", [1.0, 0.05, 0.0, 0.0, 0.0], fingerprint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scale 0 prevents 95 %: nothing to warn about
+        ve.erase(tiny_text_model, out=tmp_path / "early_run", issa=early, **erase)
+    auto = ve.erase(tiny_text_model, out=tmp_path / "auto", issa=late, scales="auto", **erase)
+    assert auto.model.edit.config.last_scale == 2
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["scales_auto"]["issa"] == str(late)
+    with pytest.raises(ConfigError, match="analysed concept 'circle', not red"):
+        ve.erase(tiny_text_model, out=tmp_path / "red", issa=late, **{**erase, "concepts": ["red"]})
+    with pytest.raises(ConfigError, match="analysed another model"):
+        ve.erase(tiny_text_model, out=tmp_path / "other", issa=_write_issa(tmp_path / "other_model", [1.0, 0.0, 0.0, 0.0, 0.0], "0123"), **erase)

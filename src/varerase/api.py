@@ -12,9 +12,11 @@ evaluation against the original model is the same call in :func:`evaluate` and :
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,10 +27,10 @@ from varerase.config import MAX_BATCH_SIZE, check_device, check_int, check_seed,
 from varerase.data.concepts import world_concept_prompts
 from varerase.data.pairs import PromptPair, load_pairs
 from varerase.edits.file_format import load_edit
-from varerase.errors import ConfigError
+from varerase.errors import ConfigError, VarEraseWarning
 from varerase.methods.config import MethodConfig
 from varerase.methods.registry import METHODS, preset_for, registered_method
-from varerase.methods.runner import ErasureResult, check_run_folder, run_erasure
+from varerase.methods.runner import ISSA_FOLDER, ErasureResult, check_run_folder, run_erasure
 from varerase.models.attention import resolve_backend
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.registry import load_model, resolve_mixed_precision
@@ -169,6 +171,93 @@ def erasure_prompts(concepts: Sequence[str] = (), pairs: str | Path | Sequence[P
     return collected, retain
 
 
+def _evenly_spaced(pairs: Sequence[PromptPair], count: int) -> list[PromptPair]:
+    """At most ``count`` of ``pairs``, evenly spaced (ISSA's choice of pairs)."""
+    return list(pairs[:: max(1, len(pairs) // count)][:count])
+
+
+# scales=auto's small ISSA (METHODS.md §4: "a few seeds"): seeds per pair and pairs of the concept.
+AUTO_ISSA_SEEDS = 4
+AUTO_ISSA_PAIRS = 4
+
+
+def _sace_issa(method: str, config: MethodConfig, model: str | ScaleWiseModel, concepts: Sequence[str], issa: str | Path | None, out: str | Path | None):
+    """Before any model loads: the ISSA at hand for a SACE erase and where it lies (``issa``, else the run folder's
+    own :data:`ISSA_FOLDER`, else ``(None, None)``; nothing is read without one), refusing what cannot work."""
+    from varerase.evaluation.issa import IssaCurves
+
+    if issa is not None and method != "sace":
+        raise ConfigError(f"--issa informs SACE's scales; --method {method} does not read it")
+    if method != "sace":
+        return None, None
+    own = Path(out) / ISSA_FOLDER if out is not None else None
+    folder = Path(issa) if issa is not None else own if own is not None and (own / "issa.json").exists() else None
+    if folder is None and config.is_auto and (model != "tiny" or len(concepts) != 1):
+        raise ConfigError(
+            "scales=auto runs a small ISSA with the built-in world's detector, so it needs --model tiny and one --concept; "
+            "otherwise run `varerase analyze issa …` and pass --issa DIR, or give scales=0-K"
+        )
+    return (IssaCurves.read(folder), folder) if folder is not None else (None, None)
+
+
+def _sace_scales(
+    loaded: ScaleWiseModel,
+    settings: tuple[str | None, MethodConfig],
+    prompt_pairs: Sequence[PromptPair],
+    concepts: Sequence[str],
+    at_hand: tuple[Any, Path | None],
+    *,
+    given: bool,
+    out: str | Path | None,
+    progress: bool,
+    context: DistributedContext,
+) -> tuple[tuple[str | None, MethodConfig], dict[str, Any]]:
+    """SACE's ``scales`` from ISSA (METHODS.md §4): the settings to run with, and what to record in the run's config.
+
+    ``at_hand``: :func:`_sace_issa`'s curves and folder; they count only when they analysed this
+    model and concept (``given`` with ``--issa``: anything else is refused). ``scales=auto`` takes
+    §4's rule from them, else runs a small ISSA (:data:`AUTO_ISSA_SEEDS` seeds ×
+    :data:`AUTO_ISSA_PAIRS` pairs, the built-in world's detector) and writes it into ``out/issa``.
+    ``scales=0`` with ISSA showing that scale 0 prevents less than half of the concept warns
+    (:class:`VarEraseWarning`), before any training.
+    """
+    from varerase.evaluation.detectors.registry import load_detector
+    from varerase.evaluation.issa import WARN_PREVENTED, compute_issa, run_issa, scales_setting
+
+    preset, config = settings
+    curves, source = at_hand
+    if curves is not None:
+        fits_concept, fits_model = not concepts or curves.concept in concepts, curves.model_fingerprint == loaded.fingerprint()
+        if given and not (fits_concept and fits_model):
+            what = f"concept {curves.concept!r}, not {', '.join(concepts)}" if not fits_concept else f"another model (fingerprint {curves.model_fingerprint})"
+            raise ConfigError(f"--issa {source} analysed {what}; run `varerase analyze issa` for this model and concept")
+        curves = curves if fits_concept and fits_model else None
+    if not config.is_auto:
+        if curves is not None and config.edit.last_scale == 0 and curves.prevented_at_scale_0 < WARN_PREVENTED:
+            warnings.warn(
+                f"ISSA ({source}) says scale 0 prevents only {curves.prevented_at_scale_0:.0%} of {curves.concept!r}: SACE with scales=0 "
+                f"will erase little; try --set scales=auto (ISSA recommends scales={scales_setting(curves.recommended_last_scale)})",
+                VarEraseWarning, stacklevel=3,
+            )
+        return settings, {}
+    started = time.perf_counter()
+    if curves is None:
+        chosen = _evenly_spaced(prompt_pairs, AUTO_ISSA_PAIRS)
+        issa_out = Path(out) / ISSA_FOLDER if out is not None else None
+        analysis = (loaded, chosen, load_detector("world", list(concepts)), concepts[0], sampler_for(loaded), list(range(AUTO_ISSA_SEEDS)))
+        result = run_issa(*analysis, issa_out, progress, context) if issa_out is not None else compute_issa(*analysis, progress, context)
+        curves, source = result.curves(), issa_out or f"a {AUTO_ISSA_SEEDS}-seed ISSA of {len(chosen)} pairs"
+    last = curves.recommended_last_scale
+    config = dataclasses.replace(config, scales=scales_setting(last), edit=dataclasses.replace(config.edit, last_scale=last))
+    record = {
+        "scales_auto": {
+            "chosen": scales_setting(last), "issa": str(source), "verdict": curves.verdict(), "switch_in": curves.switch_in,
+            "commit": curves.commit, "seconds": round(time.perf_counter() - started, 3),
+        }
+    }
+    return (preset, config), record
+
+
 def _model_label(model: str | ScaleWiseModel) -> str:
     return model if isinstance(model, str) else type(model).__name__
 
@@ -228,6 +317,7 @@ def erase(
     config_file: str | Path | None = None,
     parallel: str = "ddp",
     activation_checkpointing: bool = False,
+    issa: str | Path | None = None,
     **settings: Any,
 ) -> ErasureResult:
     """Erase ``concepts`` (world names) and/or the pairs in ``pairs`` from ``model`` with ``method``.
@@ -240,16 +330,25 @@ def erase(
     (FSDP2), its deltas gathered in the ``mixed_precision`` of ``model_options`` when one is set.
     ``activation_checkpointing`` recomputes each transformer block in backward instead of keeping
     its activations (less memory, about one more forward per step).
+    ``issa``: a folder of ``varerase analyze issa`` results for SACE (``method="sace"``): ``scales=auto``
+    takes its recommendation, and ``scales=0`` warns when it shows that scale 0 prevents little
+    (:func:`_sace_scales`; without it, ``out/issa`` from an earlier ``auto`` is read when present).
     """
     resolved = _erase_settings(method, model, preset, settings, config_file)  # bad settings fail before a model loads
-    prompt_pairs, retain = erasure_prompts(concepts, pairs)
     if out is not None:
-        check_run_folder(out)  # a user's folder is refused before a model loads
+        check_run_folder(out)  # a user's folder is refused before a model loads (and before SACE's ISSA writes into it)
+    at_hand = _sace_issa(method, resolved[1], model, concepts, issa, out)
+    prompt_pairs, retain = erasure_prompts(concepts, pairs)
     options = ModelOptions.of(model_options)
     parallel_config = ParallelConfig(parallel, param_dtype=resolve_mixed_precision(options.mixed_precision, _model_label(model), options.device))
     context, options = _join_ranks(options)
     loaded = resolve_model(model, options=options)
     record = {"concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None}
+    if method == "sace":
+        resolved, chosen = _sace_scales(
+            loaded, resolved, prompt_pairs, concepts, at_hand, given=issa is not None, out=out, progress=progress, context=context,
+        )
+        record.update(chosen)
     return _erase_loaded(
         loaded, model, method, prompt_pairs, retain, out=out, settings=resolved, resume=resume,
         progress=progress, context=context, parallel=parallel_config, activation_checkpointing=activation_checkpointing, record=record,
@@ -480,10 +579,12 @@ def issa(
     seeds: int = 8,
     max_pairs: int = 6,
     detector: str | None = "world",
+    clip_model: str | None = None,
     progress: bool = True,
     model_options: ModelOptions | Mapping[str, Any] | None = None,
 ):
-    """ISSA (METHODS.md §5) for a world concept's pairs: presence curve, per-scale saliency, KL; written into ``out``.
+    """ISSA (METHODS.md §5) for a world concept's pairs: switch-in and commit curves, per-scale saliency, KL and
+    SACE's verdict (:meth:`IssaCurves.verdict`); written into ``out``. ``clip_model``: for ``detector="clip"``.
 
     Under ``torchrun`` the ranks share the pairs out (each loads the model onto its own GPU); rank 0 writes.
     ``force_edit``: see :func:`resolve_model`.
@@ -495,11 +596,10 @@ def issa(
     check_int(max_pairs, "max_pairs (--pairs)", 1)
     if detector is not None:
         check_detector(detector)
-    prompt_pairs = list(world_concept_prompts([concept]).pairs)
-    chosen = prompt_pairs[:: max(1, len(prompt_pairs) // max_pairs)][:max_pairs]
+    chosen = _evenly_spaced(world_concept_prompts([concept]).pairs, max_pairs)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, edit, options, force_edit)
-    scorer = load_detector(detector, [concept]) if detector else None
+    scorer = load_detector(detector, [concept], clip_model) if detector else None
     return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress, context)
 
 

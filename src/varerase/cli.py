@@ -7,6 +7,7 @@ import inspect
 import re
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from varerase import api
 from varerase.config import clip, parse_assignments
-from varerase.errors import VarEraseError
+from varerase.errors import VarEraseError, VarEraseWarning
 from varerase.imaging import MAX_GRID_IMAGES, generated_folder
 
 app = typer.Typer(
@@ -31,6 +32,22 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # never wrap: messages name files and lines
+_show_warning = warnings.showwarning
+
+
+def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """varerase's warnings as one line on stderr (others as Python prints them)."""
+    if issubclass(category, VarEraseWarning):
+        errors.print("[yellow]warning:[/yellow] ", end="")
+        errors.print(clip(str(message)), markup=False, highlight=False)
+    else:
+        _show_warning(message, category, *args, **kwargs)
+
+
+@app.callback()
+def _varerase() -> None:
+    """Erase concepts from scale-wise visual autoregressive text-to-image models."""
+    warnings.showwarning = show_warning
 
 MODEL_HELP = "Model: 'tiny' (built in), 'infinity-2b', 'infinity-8b', or a folder written by save_pretrained."
 METHOD_HELP = f"Erasure method: {', '.join(api.METHOD_NAMES)}."
@@ -140,13 +157,17 @@ def erase(
     settings: list[str] = typer.Option([], "--set", help="Any method setting as KEY=VALUE (e.g. --set rho=0.25 --set update=joint); repeatable."),
     parallel: str = typer.Option("ddp", "--parallel", help=PARALLEL_HELP),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing", "--gradient_checkpointing", help=CHECKPOINTING_HELP),
+    issa: Optional[Path] = typer.Option(
+        None, "--issa", help="SACE: a folder of `analyze issa` results; --set scales=auto takes its recommendation, scales=0 warns "
+        "when it shows scale 0 prevents little.",
+    ),
     model_options: api.ModelOptions = None,
 ) -> None:
     """Erase a concept: writes config.yaml, edit.safetensors, metrics.json and state/ into --out."""
     flags = dict(steps=steps, lr=lr, batch_size=batch_size, lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every)
     result = api.erase(
         model, method=method, concepts=concept, pairs=pairs, out=out, preset=preset, resume=resume, config_file=config,
-        parallel=parallel, activation_checkpointing=activation_checkpointing, model_options=model_options,
+        parallel=parallel, activation_checkpointing=activation_checkpointing, issa=issa, model_options=model_options,
         **{**parse_assignments(settings), **{k: v for k, v in flags.items() if v is not None}},
     )
     metrics = result.metrics
@@ -277,20 +298,29 @@ def analyze_issa(
     out: Path = typer.Option(..., "--out", help="Folder for issa.json, the plot and image strips."),
     seeds: int = typer.Option(8, "--seeds", help="Seeds per prompt pair."),
     pairs: int = typer.Option(6, "--pairs", help="Prompt pairs (evenly spaced over the concept's pairs)."),
+    detector: str = typer.Option("world", "--detector", help=DETECTOR_HELP),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for --detector clip."),
     model_options: api.ModelOptions = None,
 ) -> None:
-    """ISSA: switch the prompt at each scale and see where the concept enters (METHODS.md §5)."""
-    result = api.issa(model, edit=edit, force_edit=force_edit, concept=concept, out=out, seeds=seeds, max_pairs=pairs, model_options=model_options)
+    """ISSA: switch the prompt at each scale, both ways, and see where the concept enters and commits (METHODS.md §5)."""
+    result = api.issa(
+        model, edit=edit, force_edit=force_edit, concept=concept, out=out, seeds=seeds, max_pairs=pairs, detector=detector, clip_model=clip_model,
+        model_options=model_options,
+    )
     if not api.is_main_process():
         return
     table = Table(title=f"ISSA for '{concept}'")
-    for column in ("switch scale k", "P(k)", "S_k", "KL(c_u‖c_a)"):
+    for column in ("switch scale k", "P_in(k): c_a before k", "S_k", "P_c(k): c_u before k", "KL(c_u‖c_a)"):
         table.add_column(column, justify="right")
-    presence, salience, kl = result.presence, result.saliency, result.kl
-    for k in range(len(presence)):
-        table.add_row(str(k), f"{presence[k]:.2f}", f"{salience[k]:+.2f}" if k < len(salience) else "", f"{kl[k]:.3f}" if k < len(kl) else "")
+    switch_in, commit, salience, kl = result.switch_in, result.commit, result.saliency, result.kl
+    for k in range(len(switch_in)):
+        table.add_row(
+            str(k), f"{switch_in[k]:.2f}", f"{salience[k]:+.2f}" if k < len(salience) else "", f"{commit[k]:.2f}",
+            f"{kl[k]:.3f}" if k < len(kl) else "",
+        )
     console.print(table)
     console.print(f"'{concept}' enters at scale {result.entry_scale} (of {len(result.schedule)}) → {out}")
+    console.print(result.curves().verdict(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

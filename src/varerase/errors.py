@@ -15,3 +15,7 @@ class ConfigError(VarEraseError):
 
 class DataError(VarEraseError):
     """An input file (prompt pairs, prompt sets) is malformed."""
+
+
+class VarEraseWarning(UserWarning):
+    """Work that will run but likely waste its time; the command line prints it as one line."""

@@ -6,10 +6,11 @@ convention and key names). The original model is never modified, so the frozen t
 is always the base model itself, and an edit can be *scoped*:
 
 * ``"all"`` — the edited weights are used everywhere (VARE, S-VARE, baselines);
-* ``"scale0"`` — SACE's scale-gated adapter: the edited weights produce only the scale-0 logits;
-  every position of scales ≥ 1, and (``start_context="original"``) the start position's cached
-  keys/values, come from the original weights (METHODS.md §4); ``start_context="adapted"`` lets
-  later scales attend to the start position as the edited weights computed it.
+* ``"gated"`` — SACE's scale-gated adapter: the edited weights produce only the logits of the
+  confined scales ``0..last_scale`` (scale 0 alone by default); every position of later scales,
+  and (``start_context="original"``) the keys/values they attend to at the confined positions,
+  come from the original weights (METHODS.md §4); ``start_context="adapted"`` lets later scales
+  attend to the confined positions as the edited weights computed them.
 
 Edits are applied with :func:`torch.func.functional_call`, so a method's loss differentiates
 through the model without touching its parameters. The overrides ``W + Δ`` come from calling the
@@ -31,7 +32,7 @@ from varerase.models.base import (
     module_group_parameters,
 )
 
-EditScope = Literal["all", "scale0"]
+EditScope = Literal["all", "gated"]
 StartContext = Literal["original", "adapted"]
 
 
@@ -43,18 +44,21 @@ class EditConfig:
     lora_rank: int = 0  # 0 = full deltas
     lora_alpha: float | None = None  # None = rank (scaling 1)
     scope: EditScope = "all"
-    start_context: StartContext = "original"  # scope scale0: whose keys/values later scales see at the start position
+    last_scale: int = 0  # scope gated: the edit shapes the logits of scales 0..last_scale
+    start_context: StartContext = "original"  # scope gated: whose keys/values later scales see at the confined positions
 
     def __post_init__(self) -> None:
         self.groups = list(self.groups)
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank must be ≥ 0, got {self.lora_rank}")
-        if self.scope not in ("all", "scale0"):
-            raise ConfigError(f"scope must be 'all' or 'scale0', got {self.scope!r}")
+        if self.scope not in ("all", "gated"):
+            raise ConfigError(f"scope must be 'all' or 'gated', got {self.scope!r}")
         if self.start_context not in ("original", "adapted"):
             raise ConfigError(f"start context must be 'original' or 'adapted', got {self.start_context!r}")
-        if self.start_context == "adapted" and self.scope != "scale0":
-            raise ConfigError("start_context='adapted' applies to scale-gated edits (scope 'scale0') only")
+        if isinstance(self.last_scale, bool) or not isinstance(self.last_scale, int) or self.last_scale < 0:
+            raise ConfigError(f"last_scale must be an integer ≥ 0, got {self.last_scale!r}")
+        if self.scope != "gated" and (self.start_context == "adapted" or self.last_scale):
+            raise ConfigError("start_context='adapted' and last_scale apply to scale-gated edits (scope 'gated') only")
 
 
 def _key(name: str) -> str:

@@ -19,9 +19,8 @@ from varerase.models.base import (
     ConditionSwitch,
     Generation,
     SamplerConfig,
+    ScaleGate,
     ScaleWiseModel,
-    StartOverride,
-    StartStep,
     TextCondition,
 )
 
@@ -57,9 +56,21 @@ class EditedModel(ScaleWiseModel):
         # training in parallel. Set without registering it: the edit is a submodule already.
         object.__setattr__(self, "_edit_forward", edit)
 
+    def _overrides(self) -> dict[str, torch.Tensor]:
+        """``{name: W + Δ}`` for :func:`functional_call` on the method caller."""
+        return {f"model.{k}": v for k, v in self._edit_forward(self.base).items()}
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        overrides = {f"model.{k}": v for k, v in self._edit_forward(self.base).items()}
-        return functional_call(self._caller, overrides, (method, *args), kwargs, strict=False)
+        return functional_call(self._caller, self._overrides(), (method, *args), kwargs, strict=False)
+
+    def gate(self) -> ScaleGate:
+        """Scope ``gated``: the :class:`ScaleGate` the base model applies, its weights ``W + Δ`` merged once for the whole pass."""
+        overrides = self._overrides()
+
+        def run(method: str, *args: Any) -> Any:
+            return functional_call(self._caller, overrides, (method, *args), strict=False)
+
+        return ScaleGate(self.edit.config.last_scale, run, adapted_context=self.edit.config.start_context == "adapted")
 
     @contextmanager
     def edit_called_through(self, wrapper: nn.Module) -> Iterator[None]:
@@ -86,17 +97,15 @@ class EditedModel(ScaleWiseModel):
     def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
         return self._call("first_scale_logits", cond)
 
-    def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
-        return self._call("start_step", cond, with_context)
+    def confined_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], last_scale: int) -> torch.Tensor:
+        """The edited weights' logits of scales ``0..last_scale`` (for a gated edit with ``last_scale`` up to
+        its own, what its gate samples from): SACE's student, with gradients to the edit."""
+        return self._call("confined_logits", cond, maps, last_scale)
 
-    def _gated_start(self, cond: TextCondition) -> StartStep:
-        """Scope ``scale0``: the edited scale-0 step, with the start position's context when ``start_context`` is adapted."""
-        return self.start_step(cond, with_context=self.edit.config.start_context == "adapted")
-
-    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], start: StartStep | None = None) -> torch.Tensor:
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], gate: ScaleGate | None = None) -> torch.Tensor:
         if self.scope == "all":
-            return self._call("teacher_forced_logits", cond, maps, start)
-        return self.base.teacher_forced_logits(cond, maps, start or self._gated_start(cond))
+            return self._call("teacher_forced_logits", cond, maps, gate)
+        return self.base.teacher_forced_logits(cond, maps, gate or self.gate())
 
     def generate(
         self,
@@ -105,15 +114,13 @@ class EditedModel(ScaleWiseModel):
         seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
-        start_override: StartOverride | None = None,
+        gate: ScaleGate | None = None,
         decode: bool = True,
         negative: TextCondition | None = None,
     ) -> Generation:
         if self.scope == "all":
-            return self._call("generate", cond, sampler, seed, switch=switch, start_override=start_override, decode=decode, negative=negative)
-        return self.base.generate(
-            cond, sampler, seed, switch=switch, start_override=start_override or self._gated_start, decode=decode, negative=negative,
-        )
+            return self._call("generate", cond, sampler, seed, switch=switch, gate=gate, decode=decode, negative=negative)
+        return self.base.generate(cond, sampler, seed, switch=switch, gate=gate or self.gate(), decode=decode, negative=negative)
 
     def decode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.base.decode(maps)
@@ -135,6 +142,8 @@ class EditedModel(ScaleWiseModel):
             h.update(name.encode())
             h.update(self.edit.delta(name).detach().float().cpu().numpy().tobytes())
         h.update(self.scope.encode())
+        if self.edit.config.last_scale:
+            h.update(f":{self.edit.config.last_scale}".encode())
         if self.edit.config.start_context == "adapted":
             h.update(b":adapted")
         return h.hexdigest()[:16]

@@ -29,7 +29,11 @@ FORCE_HINT = "pass --force-edit (force_edit=True) to apply it anyway"
 
 def save_edit(edit: ParameterEdit, path: str | Path, model: nn.Module, extra_metadata: dict[str, str] | None = None) -> None:
     """Write ``edit.safetensors``: merged changed weights (full) or LoRA factors with peft's key names."""
-    metadata = {"format": "varerase-edit", "scope": edit.config.scope, "start_context": edit.config.start_context, "groups": ",".join(edit.config.groups)}
+    config = edit.config
+    metadata = {
+        "format": "varerase-edit", "scope": config.scope, "last_scale": str(config.last_scale), "start_context": config.start_context,
+        "groups": ",".join(config.groups),
+    }
     if edit.config.lora_rank == 0:
         tensors = edit.changed_weights(model)
         metadata["kind"] = "weights"
@@ -73,6 +77,14 @@ def _metadata_number(path: Path, metadata: dict[str, str], key: str, kind: type)
     return value
 
 
+def _last_scale(path: Path, metadata: dict[str, str]) -> int:
+    """A gated edit's last confined scale (metadata ``last_scale``, 0 when absent: edits from before scales 0..k)."""
+    text = metadata.get("last_scale", "0")
+    if not text.isdigit():
+        raise CheckpointError(f"{path}: metadata last_scale={text!r} is not a scale index (0, 1, …)")
+    return int(text)
+
+
 def load_edit(model: ScaleWiseModel, path: str | Path, force: bool = False) -> EditedModel:
     """Read an ``edit.safetensors`` written by :func:`save_edit` and apply it to ``model``.
 
@@ -102,11 +114,13 @@ def load_edit(model: ScaleWiseModel, path: str | Path, force: bool = False) -> E
         raise CheckpointError(f"{path} was made for another model (fingerprint {made_for}, this model's is {this_model}); {FORCE_HINT}")
     params = dict(model.named_parameters())
     kind = metadata.get("kind")
+    scope = metadata.get("scope", "all")
     config = EditConfig(
         groups=metadata.get("groups", "").split(",") if metadata.get("groups") else (),
         lora_rank=int(_metadata_number(path, metadata, "rank", int)) if kind == "lora" else 0,
         lora_alpha=float(_metadata_number(path, metadata, "alpha", float)) if kind == "lora" else None,
-        scope=metadata.get("scope", "all"),
+        scope="gated" if scope == "scale0" else scope,  # "scale0": SACE's edits from before the gate took scales 0..k
+        last_scale=_last_scale(path, metadata),
         start_context=metadata.get("start_context", "original"),
     )
     edit = ParameterEdit(model, config)

@@ -95,7 +95,11 @@ class Eraser(abc.ABC):
 
     def count_first_scale(self, batch: int) -> None:
         """Count one scale-0 pass of ``batch`` rows (one position each)."""
-        self.forward_tokens += batch
+        self.count_confined(batch, 0)
+
+    def count_confined(self, batch: int, last_scale: int) -> None:
+        """Count one pass of ``batch`` rows over the positions of scales ``0..last_scale``."""
+        self.forward_tokens += batch * self.model.confined_positions(last_scale)
 
     def edited_model(self) -> EditedModel:
         """The frozen model with this method's edit applied."""

@@ -86,14 +86,14 @@ def sace_erasure_loss(
     original_logits: torch.Tensor,
     beta: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """SACE's entropy-regularised erasure (§4) on scale-0 logits ``[B, 1, …]``.
+    """SACE's entropy-regularised erasure (§4) on the confined positions' logits ``[B, P, …]`` (``P = 1``: scale 0).
 
     ``KL(t ‖ p_θ) + β · relu(H(p_θ) − H(p_0))``; KL and entropies are per unit, averaged over a
-    prompt's units; the hinge is taken per prompt, then everything is averaged over the batch.
-    Returns the loss and its two parts (detached).
+    position's units; the hinge is taken per position, then everything is averaged over the
+    positions and the batch. Returns the loss and its two parts (detached).
     """
-    kl = per_unit_kl(target_logits, student_logits).mean(dim=(1, 2))
-    entropy_rise = per_unit_entropy(student_logits).mean(dim=(1, 2)) - per_unit_entropy(original_logits).mean(dim=(1, 2)).detach()
+    kl = per_unit_kl(target_logits, student_logits).mean(dim=2)
+    entropy_rise = per_unit_entropy(student_logits).mean(dim=2) - per_unit_entropy(original_logits).mean(dim=2).detach()
     hinge = F.relu(entropy_rise)
     loss = (kl + beta * hinge).mean()
     return loss, {"kl": kl.mean().detach(), "entropy_hinge": hinge.mean().detach()}

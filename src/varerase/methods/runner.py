@@ -32,7 +32,7 @@ from varerase.methods.registry import registered_method
 from varerase.models.base import ScaleWiseModel
 from varerase.models.loading import read_json_config
 from varerase.runtime.distributed import DistributedContext
-from varerase.runtime.output_folders import RUN_FORMAT, FolderLock, folder_kind, read_run_marker, refuse_user_folder
+from varerase.runtime.output_folders import LOCK_NAME, RUN_FORMAT, FolderLock, folder_kind, read_run_marker, refuse_user_folder
 from varerase.training.parallel import ParallelConfig, gather_edit, shard_edit
 from varerase.training.trainer import Trainer, seed_everything
 
@@ -46,8 +46,14 @@ class ErasureResult:
     metrics: dict
 
 
+# What an erase may write into its run directory before the run starts: the ISSA that chose SACE's
+# scales=auto (varerase.api.erase), so that a resumed run reads it back instead of repeating it.
+ISSA_FOLDER = "issa"
+
+
 RESUME_SAFE_SETTINGS = frozenset({"method_config.training.checkpoint_every", "method_config.training.log_every"})
-RECORDED_ONLY = frozenset({"model", "preset", "parallel", "activation_checkpointing", "concepts", "pairs_file"})  # how a run ran, not what it computes
+# How a run ran, not what it computes (SACE's scales=auto records its ISSA; the chosen scales are in method_config).
+RECORDED_ONLY = frozenset({"model", "preset", "parallel", "activation_checkpointing", "concepts", "pairs_file", "scales_auto"})
 STEPS_KEY = "method_config.training.steps"
 
 
@@ -93,8 +99,11 @@ class RunPlan:
 
 
 def check_run_folder(run_dir: str | Path) -> str:
-    """The :func:`folder_kind` of a run folder to be, refusing (ConfigError) any non-empty folder that is not an erase run."""
-    kind = folder_kind(run_dir)
+    """The :func:`folder_kind` of a run folder to be, refusing (ConfigError) any non-empty folder that is not an erase run.
+
+    Our lock and an :data:`ISSA_FOLDER` (written by SACE's ``scales=auto`` before the run starts) do not make a folder non-empty.
+    """
+    kind = folder_kind(run_dir, ignored=(LOCK_NAME, ISSA_FOLDER))
     if kind not in ("absent", "empty", "erase-run"):
         refuse_user_folder(Path(run_dir), "erase run (run.json)")
     return kind

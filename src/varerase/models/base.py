@@ -156,21 +156,23 @@ class ConditionSwitch:
 
 
 @dataclass
-class StartStep:
-    """A model's scale-0 step, standing in for another model's (SACE's scale-gated adapter, METHODS.md §4).
+class ScaleGate:
+    """Other weights for the first scales only: SACE's scale-gated adapter (METHODS.md §4).
 
-    ``logits``: raw scale-0 logits ``[B, 1, d, 2]`` or ``[B, 1, V]``. ``context``: what later
-    scales attend to at the start position, in the receiving model's own format (Infinity: every
-    block's keys/values); None = the receiving model computes it with its own weights
-    (``context=original``), so only the first token map's distribution changes.
+    The receiving model computes the logits of scales ``0..last_scale`` (the *confined* scales)
+    with the adapted weights, each confined scale attending to the confined positions as the
+    adapted weights computed them; every later position comes from its own weights. With
+    ``adapted_context`` False the keys/values that later scales attend to at the confined
+    positions are its own (so it runs the confined positions twice: adapted for the logits,
+    original for the cache); True: they are the adapted ones.
+
+    ``run(method, *args)`` calls the receiving model's own method ``method`` with the adapted
+    weights swapped in (how they are swapped in is the edit's business, not the model's).
     """
 
-    logits: torch.Tensor
-    context: Any = None
-
-
-# Supplies the scale-0 step of each branch. Takes the batched condition ([cond; uncond] when CFG is on).
-StartOverride = Callable[[TextCondition], StartStep]
+    last_scale: int
+    run: Callable[..., Any]
+    adapted_context: bool = False
 
 
 class ScaleWiseModel(nn.Module, abc.ABC):
@@ -224,27 +226,31 @@ class ScaleWiseModel(nn.Module, abc.ABC):
 
     # --- forward passes -----------------------------------------------------------------------
     @abc.abstractmethod
-    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], start: StartStep | None = None) -> torch.Tensor:
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], gate: ScaleGate | None = None) -> torch.Tensor:
         """Logits of all ``L`` positions given ground-truth ``maps`` as context (one pass, block-causal).
 
         ``maps``: one tensor per scale (see module doc). Returns ``[B, L, d, 2]`` or ``[B, L, V]``.
-        ``start`` (another model's :meth:`start_step`) replaces position 0's logits and, where it
-        carries a ``context``, what later positions attend to at position 0.
+        ``gate`` gives the confined scales' positions the adapted weights' logits (see :class:`ScaleGate`).
         """
 
     @abc.abstractmethod
     def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
         """Scale-0 logits from the text alone (a one-position pass): ``[B, 1, d, 2]`` or ``[B, 1, V]``."""
 
-    def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
-        """The scale-0 step for ``cond``: its logits and, with ``with_context``, what later scales attend to.
+    def confined_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], last_scale: int) -> torch.Tensor:
+        """Teacher-forced logits of the positions of scales ``0..last_scale`` only: ``[B, P, d, 2]`` or ``[B, P, V]``, ``P = Σ_{j≤k} h_j·w_j``.
 
-        This default has no context to give: a model family that can hand its start position's
-        keys/values to a twin overrides it.
+        ``maps`` as for :meth:`teacher_forced_logits` (only scales ``< last_scale`` matter; ignored for
+        ``last_scale = 0``, which is :meth:`first_scale_logits`). This default slices a full pass;
+        a model family that can stop after the prefix overrides it.
         """
-        if with_context:
-            raise ConfigError(f"{type(self).__name__} cannot hand its scale-0 context to another model (context=adapted)")
-        return StartStep(self.first_scale_logits(cond))
+        if last_scale == 0:
+            return self.first_scale_logits(cond)
+        return self.teacher_forced_logits(cond, maps)[:, : self.confined_positions(last_scale)]
+
+    def confined_positions(self, last_scale: int) -> int:
+        """``P``: the positions of scales ``0..last_scale``."""
+        return sum(h * w for h, w in self.schedule[: last_scale + 1])
 
     @abc.abstractmethod
     def generate(
@@ -254,7 +260,7 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
-        start_override: StartOverride | None = None,
+        gate: ScaleGate | None = None,
         decode: bool = True,
         negative: TextCondition | None = None,
     ) -> Generation:
@@ -262,9 +268,9 @@ class ScaleWiseModel(nn.Module, abc.ABC):
 
         ``seed`` fixes the sampling noise (same seed, same condition → same maps on one machine);
         a list gives each row its own seed, making a row's sample independent of its batch.
-        ``switch`` changes the condition from a given scale on; ``start_override`` supplies the
-        scale-0 step of each branch (:class:`StartStep`): its logits, and the start position's
-        context where it carries one; everything else comes from the model itself.
+        ``switch`` changes the condition from a given scale on; ``gate`` samples the confined
+        scales from the adapted weights' logits (of each branch, guidance combining them as
+        usual), and everything else from the model itself (see :class:`ScaleGate`).
         ``negative`` (batch 1, for every row, or ``B``): a negative prompt's condition, which the
         unconditional branch of guidance uses instead of :meth:`null_condition`.
         Implementations may sample the rows in sub-batches that fit the device (:meth:`generation_batch_size`).

@@ -23,7 +23,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
 
 from varerase.errors import ConfigError
 
@@ -56,15 +56,15 @@ def is_evaluation(folder: Path) -> bool:
     return isinstance(metrics, dict) and "settings" in metrics and bool({"model", "before", "after"} & set(metrics))
 
 
-def folder_kind(folder: str | Path) -> FolderKind:
-    """What ``folder`` holds: nothing (``absent``/``empty``, our lock file aside), one of our folders, or the user's."""
+def folder_kind(folder: str | Path, ignored: Sequence[str] = (LOCK_NAME,)) -> FolderKind:
+    """What ``folder`` holds: nothing (``absent``/``empty``, entries named in ``ignored`` aside), one of our folders, or the user's."""
     folder = Path(folder)
     if not folder.exists():
         return "absent"
     if not folder.is_dir():
         raise ConfigError(f"{folder} is a file, not a folder; choose a folder for --out")
     try:
-        entries = [p.name for p in folder.iterdir() if p.name != LOCK_NAME]
+        entries = [p.name for p in folder.iterdir() if p.name not in ignored]
     except OSError as error:
         raise ConfigError(f"cannot read folder {folder}: {error.strerror or error}") from None
     if not entries:

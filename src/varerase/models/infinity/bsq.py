@@ -114,14 +114,14 @@ class CodeAccumulator:
         return x.flatten(2).transpose(1, 2)
 
 
-def teacher_forcing_inputs(maps: Sequence[torch.Tensor], schedule: Schedule, patchify: bool = False) -> torch.Tensor:
-    """Transformer inputs of scales ``1 … S-1`` from ground-truth token maps: ``[B, L - 1, d_tok]``.
+def teacher_forcing_inputs(maps: Sequence[torch.Tensor], schedule: Schedule, patchify: bool = False, last_scale: int | None = None) -> torch.Tensor:
+    """Transformer inputs of scales ``1 … last_scale`` (default ``S-1``) from ground-truth token maps: ``[B, P - 1, d_tok]``.
 
-    ``maps[k]``: ``[B, h_k, w_k, d_tok]`` bits at the transformer's schedule.
+    ``maps[k]``: ``[B, h_k, w_k, d_tok]`` bits at the transformer's schedule; scales ``0..last_scale−1`` are read.
     """
     acc = CodeAccumulator(schedule, patchify)
     inputs = []
-    for k in range(len(schedule) - 1):
+    for k in range(len(schedule) - 1 if last_scale is None else last_scale):
         acc.add(maps[k])
         inputs.append(acc.next_input(k + 1))
     if not inputs:

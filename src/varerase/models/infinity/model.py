@@ -22,13 +22,12 @@ from varerase.models.base import (
     ConditionSwitch,
     Generation,
     SamplerConfig,
+    ScaleGate,
     ScaleWiseModel,
-    StartOverride,
-    StartStep,
     TextCondition,
 )
 from varerase.models.infinity.bsq import CodeAccumulator, unpatchify_bits
-from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, PreparedCondition
+from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer, KVCache, PreparedCondition
 from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig
 from varerase.models.loading import load_pretrained_module, read_json_config
 from varerase.models.sampling import cfg_combine, sample_rows, sampling_generators
@@ -117,20 +116,31 @@ class InfinityModel(ScaleWiseModel):
         with self._autocast():
             return self.transformer.prepare_condition(cond.to(self.device))
 
-    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], start: StartStep | None = None) -> torch.Tensor:
-        """See :meth:`ScaleWiseModel.teacher_forced_logits`; returns ``[B, L, d, 2]`` float32."""
+    def teacher_forced_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], gate: ScaleGate | None = None) -> torch.Tensor:
+        """See :meth:`ScaleWiseModel.teacher_forced_logits`; returns ``[B, L, d, 2]`` float32.
+
+        With ``gate``: the confined positions' logits come from ``gate.run("confined_logits", …)``;
+        the later ones from this model, attending at the confined positions to its own keys/values
+        (one more full pass) or, with ``gate.adapted_context``, to the adapted ones.
+        """
         if len(maps) != len(self.schedule):
             raise ValueError(f"got {len(maps)} maps for a {len(self.schedule)}-scale schedule")
         maps = [m.to(self.device) for m in maps]
+        if gate is None:
+            with self._autocast():
+                return self.transformer.teacher_forced_logits(self.transformer.prepare_condition(cond.to(self.device)), maps).float()
+        positions = self.confined_positions(gate.last_scale)
+        context: KVCache | None = [None] * len(self.transformer.blocks) if gate.adapted_context else None
+        confined = gate.run("confined_logits", cond, maps, gate.last_scale, context)
+        if positions == self.num_tokens:
+            return confined
         with self._autocast():
             prepared = self.transformer.prepare_condition(cond.to(self.device))
-            if start is None:
-                return self.transformer.teacher_forced_logits(prepared, maps).float()
-            if start.context is None:
-                later = self.transformer.teacher_forced_logits(prepared, maps)[:, 1:]
+            if context is None:
+                later = self.transformer.teacher_forced_logits(prepared, maps)[:, positions:]
             else:
-                later = self.transformer.logits_after_start(prepared, maps, start.context)
-        return torch.cat([start.logits.float(), later.float()], dim=1)
+                later = self.transformer.logits_after_prefix(prepared, maps, context, gate.last_scale)
+        return torch.cat([confined, later.float()], dim=1)
 
     def first_scale_logits(self, cond: TextCondition) -> torch.Tensor:
         """See :meth:`ScaleWiseModel.first_scale_logits`; returns ``[B, 1, d, 2]`` float32."""
@@ -138,13 +148,19 @@ class InfinityModel(ScaleWiseModel):
             prepared = self.transformer.prepare_condition(cond.to(self.device))
             return self.transformer.first_scale_logits(prepared).float()
 
-    def start_step(self, cond: TextCondition, with_context: bool = False) -> StartStep:
-        """See :meth:`ScaleWiseModel.start_step`; the context is every block's start-position keys/values."""
-        if not with_context:
-            return super().start_step(cond)
+    def confined_logits(self, cond: TextCondition, maps: Sequence[torch.Tensor], last_scale: int, context: KVCache | None = None) -> torch.Tensor:
+        """See :meth:`ScaleWiseModel.confined_logits`: one pass over the ``P`` confined positions only, ``[B, P, d, 2]`` float32.
+
+        ``context`` (one None per block) is filled with those positions' keys/values (a gate's adapted context).
+        """
+        maps = [m.to(self.device) for m in maps[:last_scale]]
         with self._autocast():
-            logits, caches = self.transformer.start_step(self.transformer.prepare_condition(cond.to(self.device)))
-        return StartStep(logits.float(), caches)
+            prepared = self.transformer.prepare_condition(cond.to(self.device))
+            return self.transformer.prefix_logits(prepared, maps, last_scale, context).float()
+
+    def sampling_step(self, prepared: PreparedCondition, scale: int, codes: torch.Tensor | None, caches: KVCache) -> torch.Tensor:
+        """One KV-cached sampling step (:meth:`InfinityTransformer.step`): what a :class:`ScaleGate` runs with the adapted weights."""
+        return self.transformer.step(prepared, scale, codes, caches)
 
     def generation_row_bytes(self, guided: bool = True, text_tokens: int = 0) -> int:
         """See :meth:`ScaleWiseModel.generation_row_bytes` (:func:`varerase.models.memory.generation_row_bytes` of this transformer).
@@ -168,7 +184,7 @@ class InfinityModel(ScaleWiseModel):
         seed: int | Sequence[int] | None = None,
         *,
         switch: ConditionSwitch | None = None,
-        start_override: StartOverride | None = None,
+        gate: ScaleGate | None = None,
         decode: bool = True,
         negative: TextCondition | None = None,
     ) -> Generation:
@@ -209,7 +225,7 @@ class InfinityModel(ScaleWiseModel):
             part_switch = None if switch is None else ConditionSwitch(switch.scale, switch.condition.to(self.device).select(index))
             part_generators = generators[index] if isinstance(generators, list) else generators
             part_negative = None if negative is None else negative.select(index)
-            parts.append(self._sample(cond.select(index), sampler, part_generators, part_switch, start_override, part_negative))
+            parts.append(self._sample(cond.select(index), sampler, part_generators, part_switch, gate, part_negative))
         generation = Generation.cat(parts)
         if decode:
             generation.images = self.decode(generation.maps)
@@ -221,10 +237,16 @@ class InfinityModel(ScaleWiseModel):
         sampler: SamplerConfig,
         generators: list[torch.Generator] | torch.Generator | None,
         switch: ConditionSwitch | None,
-        start_override: StartOverride | None,
+        gate: ScaleGate | None,
         negative: TextCondition | None,
     ) -> Generation:
-        """One pass of :meth:`generate` over the rows of ``cond`` (all on the device); maps and logits, no images."""
+        """One pass of :meth:`generate` over the rows of ``cond`` (all on the device); maps and logits, no images.
+
+        With ``gate`` the confined scales are sampled from a second, adapted stream (its own text
+        path and KV caches, the same operations as this model's, so adapted weights equal to these
+        give these logits bit for bit); this model's own stream still runs over them for the keys/values
+        later scales attend to, unless the gate hands on the adapted ones.
+        """
         B = cond.batch_size
         num_scales = len(self.schedule)
         cfgs, temps = sampler.cfgs(num_scales), sampler.temperatures(num_scales)
@@ -238,23 +260,23 @@ class InfinityModel(ScaleWiseModel):
             branch_conditions.append(batched(switch.condition))
 
         maps, logits_per_scale = [], []
-        caches: list = [None] * len(self.transformer.blocks)
+        caches: KVCache = [None] * len(self.transformer.blocks)
+        adapted_caches: KVCache = [None] * len(self.transformer.blocks)
         accumulator = CodeAccumulator(self.schedule, self.config.patchify)
         with self._autocast():
             prepared = [self.transformer.prepare_condition(c) for c in branch_conditions]
-            x = None
+            adapted = [gate.run("prepare", c) for c in branch_conditions] if gate is not None else None
+            codes = None
             for k, (h, w) in enumerate(self.schedule):
                 active = 1 if switch is not None and k >= switch.scale else 0
-                condition = prepared[active]
-                if k == 0:
-                    x = self.transformer.start_embedding(condition)
-                start = start_override(branch_conditions[active]) if k == 0 and start_override is not None else None
-                if start is not None and start.context is not None:
-                    caches[:] = start.context  # later scales attend to the start position as the override computed it
+                if gate is not None and k <= gate.last_scale:
+                    raw = gate.run("sampling_step", adapted[active], k, codes, adapted_caches).float()
+                    if not gate.adapted_context:
+                        self.transformer.step(prepared[active], k, codes, caches)  # the original keys/values, for the later scales
+                    elif k == gate.last_scale:
+                        caches[:] = adapted_caches  # later scales attend to the confined positions as the adapted weights computed them
                 else:
-                    raw = self.transformer.scale_step(x, condition, k, caches).float()
-                if start is not None:
-                    raw = start.logits.float()
+                    raw = self.transformer.step(prepared[active], k, codes, caches).float()
                 combined = cfg_combine(raw[:B], raw[B:], cfgs[k]) if guided else raw
                 logits_per_scale.append(combined)
                 bits = sample_rows(combined, temps[k], sampler.top_k, sampler.top_p, generators)
@@ -262,8 +284,7 @@ class InfinityModel(ScaleWiseModel):
                 maps.append(token_map)
                 if k + 1 < num_scales:
                     accumulator.add(token_map)
-                    nxt = self.transformer.word_embed(accumulator.next_input(k + 1).to(x.dtype))
-                    x = torch.cat([nxt, nxt]) if guided else nxt
+                    codes = accumulator.next_input(k + 1)
         return Generation(maps=maps, logits=logits_per_scale)
 
     @torch.no_grad()

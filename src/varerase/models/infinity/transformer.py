@@ -436,36 +436,60 @@ class InfinityTransformer(nn.Module):
         """The scale-0 input: pooled text + ``pos_start`` + level-0 embedding, ``[B, 1, C]``."""
         return prepared.pooled.unsqueeze(1) + self.pos_start + self.lvl_embed.weight[0]
 
-    def _inputs_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Embedded teacher-forcing inputs of positions ``1…L−1`` (from ``maps``, level embeddings added): ``[B, L−1, C]``."""
-        inputs = teacher_forcing_inputs(maps, self.config.schedule, self.config.patchify).to(prepared.pooled.dtype)
-        return self.word_embed(inputs) + self.lvl_embed(self.levels[1:])
+    def _inputs_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], last_scale: int) -> torch.Tensor:
+        """Embedded teacher-forcing inputs of positions ``1…P−1`` (scales ``1..last_scale``, from ``maps``, level embeddings added): ``[B, P−1, C]``."""
+        inputs = teacher_forcing_inputs(maps, self.config.schedule, self.config.patchify, last_scale).to(prepared.pooled.dtype)
+        return self.word_embed(inputs) + self.lvl_embed(self.levels[1 : self.offsets[last_scale + 1]])
 
     def teacher_forced_logits(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits of every position given ground-truth token maps ``maps[k] [B, h_k, w_k, d]``: ``[B, L, d, 2]``."""
-        x = torch.cat([self.start_embedding(prepared), self._inputs_after_start(prepared, maps)], dim=1)
+        last = len(self.config.schedule) - 1
+        x = torch.cat([self.start_embedding(prepared), self._inputs_after_start(prepared, maps, last)], dim=1)
         hidden = self.run_blocks(x, prepared, slice(0, self.offsets[-1]), causal=True)
         return self.logits(hidden, prepared)
 
-    def logits_after_start(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], start_context: KVCache) -> torch.Tensor:
-        """Teacher-forced logits of positions ``1…L−1`` ``[B, L−1, d, 2]``, attending at position 0 to ``start_context``.
+    def prefix_logits(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], last_scale: int, caches: KVCache | None = None) -> torch.Tensor:
+        """Teacher-forced logits of the positions of scales ``0..last_scale`` only (``P`` of them): ``[B, P, d, 2]``.
 
-        ``start_context``: every block's keys/values of the start position, as :meth:`start_step`
-        returns them, possibly computed with other weights (SACE's ``context=adapted``).
+        ``maps``: the maps of scales ``0..last_scale−1`` at least (none for ``last_scale = 0``, one
+        position from the text alone). ``caches`` (one None per block) is filled with those
+        positions' keys/values, what a later scale would attend to.
         """
-        x = self._inputs_after_start(prepared, maps)
-        hidden = self.run_blocks(x, prepared, slice(1, self.offsets[-1]), causal=True, caches=list(start_context))
+        positions = self.offsets[last_scale + 1]
+        x = self.start_embedding(prepared)
+        if last_scale > 0:
+            x = torch.cat([x, self._inputs_after_start(prepared, maps, last_scale)], dim=1)
+        # One position sees itself: no mask, as in sampling.
+        hidden = self.run_blocks(x, prepared, slice(0, positions), causal=positions > 1, caches=caches)
         return self.logits(hidden, prepared)
 
-    def start_step(self, prepared: PreparedCondition) -> tuple[torch.Tensor, KVCache]:
-        """Scale-0 logits ``[B, 1, d, 2]`` and every block's keys/values of the start position (what later scales attend to)."""
-        caches: KVCache = [None] * len(self.blocks)
-        return self.scale_step(self.start_embedding(prepared), prepared, 0, caches), caches
+    def logits_after_prefix(self, prepared: PreparedCondition, maps: Sequence[torch.Tensor], context: KVCache, last_scale: int) -> torch.Tensor:
+        """Teacher-forced logits of the positions after scale ``last_scale`` ``[B, L−P, d, 2]``, attending at positions ``< P`` to ``context``.
+
+        ``context``: every block's keys/values of the positions of scales ``0..last_scale``, as
+        :meth:`prefix_logits` fills them, possibly computed with other weights (SACE's ``context=adapted``).
+        """
+        positions = self.offsets[last_scale + 1]
+        x = self._inputs_after_start(prepared, maps, len(self.config.schedule) - 1)[:, positions - 1 :]
+        hidden = self.run_blocks(x, prepared, slice(positions, self.offsets[-1]), causal=True, caches=list(context))
+        return self.logits(hidden, prepared)
 
     def first_scale_logits(self, prepared: PreparedCondition) -> torch.Tensor:
         """Scale-0 logits from the text alone, one position: ``[B, 1, d, 2]``."""
-        hidden = self.run_blocks(self.start_embedding(prepared), prepared, slice(0, 1), causal=False)
-        return self.logits(hidden, prepared)
+        return self.prefix_logits(prepared, (), 0)
+
+    def step(self, prepared: PreparedCondition, scale: int, codes: torch.Tensor | None, caches: KVCache) -> torch.Tensor:
+        """One KV-cached sampling step of scale ``scale``: logits ``[B', h·w, d, 2]`` for the ``B'`` rows of ``prepared``.
+
+        Its input: the start embedding at scale 0, else ``codes [B, h·w, d]`` (the codes sampled so
+        far, resized to the scale) embedded and repeated for every guidance branch (``B' = B`` or ``2B``).
+        """
+        if scale == 0:
+            x = self.start_embedding(prepared)
+        else:
+            x = self.word_embed(codes.to(prepared.pooled.dtype))
+            x = x.repeat(prepared.pooled.shape[0] // x.shape[0], 1, 1)
+        return self.scale_step(x, prepared, scale, caches)
 
     def scale_step(self, x: torch.Tensor, prepared: PreparedCondition, scale: int, caches: KVCache) -> torch.Tensor:
         """One KV-cached sampling step: inputs of scale ``scale`` ``[B, h·w, C]`` (level embedding not yet added) → logits ``[B, h·w, d, 2]``."""
