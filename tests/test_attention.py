@@ -91,17 +91,21 @@ def test_flex_attention_gives_the_builtin_models_logits():
         assert_close_to_scale(model.teacher_forced_logits(cond, maps), sdpa)
 
 
-def test_flex_attention_after_a_cached_start_gives_the_sdpa_logits():
-    # Queries 1…L−1 against keys 0…L−1 (SACE's adapted start context): a block mask that is not square.
+def test_flex_attention_after_a_confined_prefix_gives_the_sdpa_logits():
+    # Queries P…L−1 against keys 0…L−1 (SACE with the adapted context of scales 0..1): a block mask that is not square.
     model = _infinity_shaped_model()
     cond = random_condition(2, channels=model.config.text_channels, seed=4)
     maps = _random_maps(model, 2, seed=5)
+    from varerase.models.base import ScaleGate
+
+    # A gate with the model's own weights and the adapted context: a square block-causal pass over
+    # scales 0..1, then the later positions against all keys — the non-square mask.
+    gate = ScaleGate(last_scale=1, run=lambda name, *args: getattr(model, name)(*args), adapted_context=True)
     with torch.no_grad():
-        start = model.start_step(cond, with_context=True)
         model.use_attention("sdpa")
-        sdpa = model.teacher_forced_logits(cond, maps, start)
+        sdpa = model.teacher_forced_logits(cond, maps, gate)
         model.use_attention("flex")
-        assert_close_to_scale(model.teacher_forced_logits(cond, maps, start), sdpa)
+        assert_close_to_scale(model.teacher_forced_logits(cond, maps, gate), sdpa)
 
 
 def test_flex_attention_under_bfloat16_autocast_is_as_close_to_float32_as_sdpa():

@@ -98,8 +98,9 @@ def preset_for(name: str, model: object, preset: str | None) -> str | None:
 
 
 # Methods the benchmark runs under "all" besides every registered method with its own settings:
-# the CE form of VARE (S-VARE without its filter and preservation) beside the paper's MSE form.
-BENCHMARK_VARIANTS: tuple[str, ...] = ("vare[loss=ce]",)
+# the CE form of VARE (S-VARE without its filter and preservation) beside the paper's MSE form, and
+# SACE confined to the scales ISSA finds (scales=auto) beside the paper's scale 0.
+BENCHMARK_VARIANTS: tuple[str, ...] = ("vare[loss=ce]", "sace[scales=auto]")
 
 
 @dataclass(frozen=True)
