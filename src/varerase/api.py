@@ -286,9 +286,21 @@ def _erase_loaded(
     parallel: ParallelConfig | None = None,
     activation_checkpointing: bool = False,
     record: Mapping[str, Any] | None = None,
+    concepts: Sequence[str] = (),
+    issa: str | Path | None = None,
 ) -> ErasureResult:
     """The one erasure step of every pipeline: the run of ``method`` with ``settings`` from :func:`_erase_settings`
-    (``resume``/``reuse_finished``: :func:`varerase.methods.runner.run_erasure`)."""
+    (``resume``/``reuse_finished``: :func:`varerase.methods.runner.run_erasure`). For SACE, ``scales``
+    is settled first from ISSA (:func:`_sace_scales`: ``issa``, the run folder's own, or a small
+    ISSA of the world ``concepts`` for ``scales=auto``)."""
+    record = dict(record or {})
+    if method == "sace":
+        at_hand = _sace_issa(method, settings[1], model, concepts, issa, out)
+        settings, chosen = _sace_scales(
+            loaded, settings, prompt_pairs, concepts, at_hand, given=issa is not None, out=out, progress=progress,
+            context=context or DistributedContext.from_environment(),
+        )
+        record.update(chosen)
     preset, config = settings
     parallel = parallel or ParallelConfig()
     loaded.set_activation_checkpointing(activation_checkpointing)
@@ -337,21 +349,16 @@ def erase(
     resolved = _erase_settings(method, model, preset, settings, config_file)  # bad settings fail before a model loads
     if out is not None:
         check_run_folder(out)  # a user's folder is refused before a model loads (and before SACE's ISSA writes into it)
-    at_hand = _sace_issa(method, resolved[1], model, concepts, issa, out)
+    _sace_issa(method, resolved[1], model, concepts, issa, out)  # what cannot work with SACE's ISSA fails before a model loads
     prompt_pairs, retain = erasure_prompts(concepts, pairs)
     options = ModelOptions.of(model_options)
     parallel_config = ParallelConfig(parallel, param_dtype=resolve_mixed_precision(options.mixed_precision, _model_label(model), options.device))
     context, options = _join_ranks(options)
     loaded = resolve_model(model, options=options)
     record = {"concepts": list(concepts), "pairs_file": str(pairs) if isinstance(pairs, (str, Path)) else None}
-    if method == "sace":
-        resolved, chosen = _sace_scales(
-            loaded, resolved, prompt_pairs, concepts, at_hand, given=issa is not None, out=out, progress=progress, context=context,
-        )
-        record.update(chosen)
     return _erase_loaded(
-        loaded, model, method, prompt_pairs, retain, out=out, settings=resolved, resume=resume,
-        progress=progress, context=context, parallel=parallel_config, activation_checkpointing=activation_checkpointing, record=record,
+        loaded, model, method, prompt_pairs, retain, out=out, settings=resolved, resume=resume, progress=progress, context=context,
+        parallel=parallel_config, activation_checkpointing=activation_checkpointing, record=record, concepts=concepts, issa=issa,
     )
 
 
@@ -623,7 +630,7 @@ def demo(*, concept: str = "circle", method: str = "s-vare", out: str | Path = "
     before = measure_world_erasure(loaded, concept, targets, others, detector)
     result = _erase_loaded(
         loaded, "tiny", method, pairs, retain, out=out / "run", settings=resolved, resume=True, reuse_finished=True,
-        progress=progress, record={"concepts": [concept]},
+        progress=progress, record={"concepts": [concept]}, concepts=[concept],
     )
     after = measure_world_erasure(result.model, concept, targets, others, detector)
     grid = save_before_after(before, after, out / "before_after.png")
@@ -684,6 +691,8 @@ def benchmark(
     variants = [method_variant(spec) for spec in methods]
     # Unknown names, presets and settings fail before any work.
     resolved = {v.label: _erase_settings(v.method, model, preset, v.settings) for v in variants}
+    for v in variants:  # SACE's scales=auto needs the built-in world (one concept per erasure here)
+        _sace_issa(v.method, resolved[v.label][1], model, concepts[:1], None, None)
     world_concept_prompts(concepts)
     context, options = _join_ranks(model_options)
     progress = progress and context.is_main
@@ -703,7 +712,7 @@ def benchmark(
             run_dir = out / concept / variant.folder
             result = _erase_loaded(
                 loaded, model, variant.method, prompts.pairs, prompts.retain, out=run_dir, settings=resolved[variant.label], resume=True,
-                reuse_finished=True, progress=progress, context=context, record={"concepts": [concept]},
+                reuse_finished=True, progress=progress, context=context, record={"concepts": [concept]}, concepts=[concept],
             )
             evaluation_started = time.perf_counter()
             with build_in_place(run_dir / "eval", writes=context.is_main) as folder:
