@@ -368,17 +368,27 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         return self.bits if self.token_kind == "bitwise" else 1
 
     def fingerprint(self) -> str:
-        """A short hash of the weights and schedule: names a model in caches and result files."""
+        """A short hash of the weights and schedule: names a model in caches and result files.
+
+        Kept until a weight changes (another tensor, or an in-place write, which bumps its version):
+        an erase, each ``--edit`` load and the benchmark ask for it repeatedly, and hashing reads every weight.
+        """
         import hashlib
 
+        state = self.state_dict()
+        key = (repr(self.schedule), tuple((name, id(t), t._version) for name, t in state.items()))
+        cached = self.__dict__.get("_fingerprint_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         h = hashlib.sha256(repr(self.schedule).encode())
-        for name, tensor in sorted(self.state_dict().items()):
+        for name, tensor in sorted(state.items()):
             h.update(name.encode())
             t = tensor.detach().float().cpu().flatten()
             # Hash a strided sample plus sums: exact enough to tell edits apart, cheap for 2B models.
             h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
             h.update(repr(float(t.double().sum())).encode())
-        return h.hexdigest()[:16]
+        self.__dict__["_fingerprint_cache"] = (key, h.hexdigest()[:16])
+        return self.__dict__["_fingerprint_cache"][1]
 
 
 def module_group_parameters(model: ScaleWiseModel, groups: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
