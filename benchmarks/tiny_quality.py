@@ -16,7 +16,8 @@ def main() -> None:
     print("| measure | value | bar | verdict |\n|---|---|---|---|")
     for row in report.rows():
         print("| " + " | ".join(row) + " |")
-    print("detector per head:", {k: f"{v:.2%}" for k, v in report.detector_accuracy.items()})
+    print("detector per measure, fresh images:", {k: f"{v:.2%}" for k, v in report.detector_accuracy.items()})
+    print("detector per measure, reconstructions:", {k: f"{v:.2%}" for k, v in report.detector_accuracy_reconstructed.items()})
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def test_attack_success_rate_is_the_fraction_of_prompts_detected():
         attack_success_rate([])
 
 
-@pytest.mark.parametrize("concept", list(SYNONYMS))
+@pytest.mark.parametrize("concept", [c for c in SYNONYMS if c != "unstyled"])
 def test_paraphrase_sets_name_every_world_concept_only_through_other_words(concept):
     prompts = builtin_paraphrases(concept)
     assert len(prompts) >= 5

@@ -180,26 +180,45 @@ def test_feature_diversity_is_the_mean_pairwise_distance():
 
 
 class _FixedPredictions(WorldDetector):
-    """Predicts a red circle on a plain background for every image."""
+    """Sees one red circle on a plain background, unstyled, in every image."""
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {kind: torch.zeros(len(images), dtype=torch.long) for kind in ("shape", "colour", "background")}
+        return {kind: torch.zeros(len(images), dtype=torch.long) for kind in ("shape", "colour", "background", "style")}
+
+    def predict_objects(self, images: torch.Tensor) -> list[list[tuple[str, str]]]:
+        return [[("circle", "red")] for _ in images]
 
 
 def test_prompt_following_needs_every_named_attribute_and_skips_unnamed_kinds():
-    prompts = ["a red circle on a plain background", "a blue circle", "a red star", "something else"]
-    hits = attribute_hits(_FixedPredictions(), torch.zeros(4, 3, 32, 32), prompts)
-    assert hits == [{"shape": True, "colour": True, "background": True}, {"shape": True, "colour": False}, {"shape": False, "colour": True}, {}]
+    prompts = ["a red circle on a plain background", "a blue circle", "a red star", "a red circle, in sepia style", "something else"]
+    hits = attribute_hits(_FixedPredictions(), torch.zeros(5, 3, 32, 32), prompts)
+    assert hits == [
+        {"shape": True, "colour": True, "background": True, "style": True},
+        {"shape": True, "colour": False, "style": True},
+        {"shape": False, "colour": True, "style": True},
+        {"shape": True, "colour": True, "style": False},
+        {},
+    ]
     result = prompt_following(hits)
-    assert result["accuracy"] == pytest.approx(1 / 3) and result["num_images"] == 3
-    assert result["background"] == 1.0 and result["shape"] == pytest.approx(2 / 3)
+    assert result["accuracy"] == pytest.approx(1 / 4) and result["num_images"] == 4
+    assert result["background"] == 1.0 and result["shape"] == pytest.approx(3 / 4) and result["style"] == pytest.approx(3 / 4)
+
+
+def test_two_object_prompts_need_both_objects_with_their_own_colours():
+    prompts = ["a red circle and a blue star on a plain background", "a blue circle and a red star on a plain background"]
+    detector = _FixedPredictions()
+    detector.predict_objects = lambda images: [[("star", "blue"), ("circle", "red")]] * len(images)
+    first, swapped = attribute_hits(detector, torch.zeros(2, 3, 32, 32), prompts)
+    assert first == {"shape": True, "colour": True, "objects": True, "background": True, "style": True}
+    assert swapped["shape"] and swapped["colour"] and not swapped["objects"]  # right shapes and colours, wrong binding
+    assert prompt_following([first, swapped])["objects"] == 0.5
 
 
 def test_only_detectors_that_judge_attributes_give_prompt_following():
     assert FakeDetector().attribute_hits(torch.zeros(1, 3, 4, 4), ["a red circle"]) is None
     with pytest.raises(ConfigError, match="cannot judge prompt following"):
         attribute_hits(FakeDetector(), torch.zeros(1, 3, 4, 4), ["a red circle"])
-    assert _FixedPredictions().attribute_hits(torch.zeros(1, 3, 32, 32), ["a red star"]) == [{"shape": False, "colour": True}]
+    assert _FixedPredictions().attribute_hits(torch.zeros(1, 3, 32, 32), ["a red star"]) == [{"shape": False, "colour": True, "style": True}]
 
 
 def test_world_detector_embed_gives_penultimate_features():
@@ -215,7 +234,7 @@ def test_world_detector_embed_gives_penultimate_features():
 def test_world_prompt_groups_are_deterministic_and_name_the_concept_only_in_targets():
     groups = world_prompt_groups(["disc"], max_per_group=10)
     assert groups == world_prompt_groups(["circle"], max_per_group=10)
-    assert set(groups) == {"target", "anchor", "retain", "heldout"} and all(len(g) == 10 for g in groups.values())
+    assert set(groups) == {"target", "anchor", "retain", "heldout", "cooccurrence"} and all(len(g) == 10 for g in groups.values())
     assert all("circle" in p.prompt and p.group == "target" for p in groups["target"])
     assert not any("circle" in p.prompt for g in ("anchor", "retain") for p in groups[g])
 
@@ -390,13 +409,13 @@ def test_paraphrase_filter_keeps_only_prompts_the_original_draws_as_the_concept_
     model = FakeModel(circle_words=("ring",), half_words=("oval",))
     kept, record = paraphrase_group(model, ["circle"], FakeDetector(), SamplerConfig(), ParaphraseFilterConfig(seeds=2), progress=False)
     candidates = paraphrase_concept_prompts(["circle"])
-    assert record["num_candidates"] == len(candidates) == len(record["candidates"]) == 24 * len(PARAPHRASES["circle"])
+    assert record["num_candidates"] == len(candidates) == len(record["candidates"]) == 48 * len(PARAPHRASES["circle"])
     assert [(r["prompt"], r["concept"]) for r in record["candidates"]] == candidates
     for row in record["candidates"]:
         assert row["presence"] == (1.0 if " ring" in row["prompt"] else 0.5 if " oval" in row["prompt"] else 0.0)
         assert row["kept"] == (row["presence"] >= 0.5) and (row["kept"] or not row["used"])
-    # 48 pass; the group takes max_kept = 36 of them, evenly spaced, and says which.
-    assert record["num_kept"] == 48 and len(kept) == record["num_used"] == 36 and all(p.group == "paraphrase" for p in kept)
+    # 96 pass (two words over 48 target scenes); the group takes max_kept = 36 of them, evenly spaced, and says which.
+    assert record["num_kept"] == 96 and len(kept) == record["num_used"] == 36 and all(p.group == "paraphrase" for p in kept)
     assert [p.prompt for p in kept] == [r["prompt"] for r in record["candidates"] if r["used"]]
     everything, _ = paraphrase_group(model, ["circle"], FakeDetector(), SamplerConfig(), ParaphraseFilterConfig(seeds=2, max_kept=None), progress=False)
     assert [p.prompt for p in everything] == [r["prompt"] for r in record["candidates"] if r["kept"]]
@@ -404,7 +423,7 @@ def test_paraphrase_filter_keeps_only_prompts_the_original_draws_as_the_concept_
     stricter, _ = paraphrase_group(
         model, ["circle"], FakeDetector(), SamplerConfig(), ParaphraseFilterConfig(seeds=2, min_presence=0.6, max_kept=None), progress=False
     )
-    assert all(" ring" in p.prompt for p in stricter) and len(stricter) == 24
+    assert all(" ring" in p.prompt for p in stricter) and len(stricter) == 48
 
 
 def test_evaluate_measures_prompt_following_with_the_world_detector(tmp_path):

@@ -61,6 +61,16 @@ def test_report_lists_the_paraphrase_filter_and_distances_to_truth(tmp_path):
     assert "FID vs truth (model, fake features)" in page and "<td>12.500</td><td>2.50 ± 0.50</td><td>1200</td>" in page
 
 
+def test_report_shows_co_occurrence_kept_where_a_group_has_it(tmp_path):
+    run_fake_evaluation(tmp_path, reference=False)
+    assert "co-occurrence kept" not in build_report(tmp_path).read_text()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    saved["model"]["groups"]["retain"]["cooccurrence_kept"] = {"rate": 0.75, "count": 3, "n": 4, "ci95": [0.3, 0.95]}
+    (tmp_path / "metrics.json").write_text(json.dumps(saved))
+    page = build_report(tmp_path).read_text()
+    assert "co-occurrence kept (model)" in page and "<td>75.0%</td><td>[30.0–95.0%] of 4</td>" in page
+
+
 def test_report_without_metrics_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="run an evaluation"):
         build_report(tmp_path)
@@ -86,7 +96,8 @@ def test_benchmark_table_gives_intervals_and_counts_and_fid_only_on_a_thousand_i
 
     row = {
         "concept": "circle", "method": "m", "feature_space": "world_detector", "wall_seconds": 1.0, "forward_tokens": 10,
-        "intervals": {"target_presence": rate, "heldout_presence": rate, "paraphrase_presence": None, "retain_following": rate},
+        "intervals": {"target_presence": rate, "heldout_presence": rate, "paraphrase_presence": None, "retain_following": rate,
+                      "cooccurrence_kept": rate},
         "distances": {"retain_vs_before": distances(3.1, 1080), "anchor_vs_before": distances(5.0, 216),
                       "retain_vs_truth": {"before": distances(7.0, 1080), "after": distances(9.0, 1080)}, "anchor_vs_truth": None},
     }

@@ -1,54 +1,67 @@
-"""The world's concept detector: accuracy after brief training, scores, persistence, determinism."""
+"""The world's concept detector: accuracy after brief training, scores, objects, persistence, determinism."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from varerase.data.world import ATTRIBUTES, KINDS
-from varerase.data.world_rendering import make_dataset, to_float_images
+from varerase.data.world import ATTRIBUTES, COLOURS, SHAPES, STYLES, pair_prompt
+from varerase.data.world_rendering import make_dataset, render_prompts, to_float_images
 from varerase.errors import CheckpointError
-from varerase.evaluation.detectors.world_detector import WorldDetector, WorldDetectorConfig, train_world_detector
+from varerase.evaluation.detectors.world_detector import (
+    OBJECT_PAIRS,
+    WorldDetector,
+    WorldDetectorConfig,
+    detector_accuracy,
+    train_world_detector,
+)
+
+MEASURES = {"shape", "colour", "objects", "background", "style"}
+BRIEF_ACCURACY = 0.7  # 600 steps reached 0.76 (whole objects, held-out split) at seed 0
 
 
 @pytest.fixture(scope="module")
 def detector() -> WorldDetector:
-    """Trained for 300 steps of 64 (about 10 s on 2 cores)."""
-    data = make_dataset(2000, seed=1)
+    """Trained for 600 steps of 64 (about 30 s on 2 cores)."""
+    data = make_dataset(3000, seed=1)
     trained, metrics = train_world_detector(
-        WorldDetectorConfig(), data.images, data.labels, steps=300, batch_size=64, seed=0, progress=False
+        WorldDetectorConfig(), data.images, data.labels, steps=600, batch_size=64, seed=0, progress=False
     )
-    assert set(metrics["accuracy_clean"]) == set(KINDS)
+    assert set(metrics["accuracy_clean"]) == MEASURES
     return trained
-
-
-def _accuracy(detector, data) -> dict[str, float]:
-    predicted = detector.predict(to_float_images(data.images))
-    return {kind: (predicted[kind] == torch.as_tensor(data.labels[kind])).float().mean().item() for kind in KINDS}
 
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_briefly_trained_detector_reads_fresh_world_images(detector, split):
-    accuracy = _accuracy(detector, make_dataset(600, seed=2, split=split))
-    assert min(accuracy.values()) >= 0.95, accuracy
+    data = make_dataset(600, seed=2, split=split)
+    accuracy = detector_accuracy(detector, to_float_images(data.images), data.labels)
+    assert min(accuracy.values()) >= BRIEF_ACCURACY, accuracy
 
 
 def test_detector_reads_images_of_another_size(detector):
     data = make_dataset(200, seed=3)
     images = F.interpolate(to_float_images(data.images), scale_factor=2, mode="nearest")
-    predicted = detector.predict(images)
-    for kind in KINDS:
-        assert (predicted[kind] == torch.as_tensor(data.labels[kind])).float().mean() >= 0.9
+    assert min(detector_accuracy(detector, images, data.labels).values()) >= BRIEF_ACCURACY - 0.05
 
 
-def test_scores_are_per_kind_probabilities_and_detect_thresholds_them(detector):
+def test_predict_objects_names_each_object_of_two_object_images(detector):
+    prompts = [pair_prompt((COLOURS[i % 6], SHAPES[i % 6]), (COLOURS[(i + 2) % 6], SHAPES[(i + 3) % 6]), "plain") for i in range(12)]
+    seen = detector.predict_objects(render_prompts(prompts, list(range(12))))
+    right = [sorted(objects) == sorted([(SHAPES[i % 6], COLOURS[i % 6]), (SHAPES[(i + 3) % 6], COLOURS[(i + 2) % 6])]) for i, objects in enumerate(seen)]
+    assert sum(right) >= 3, seen  # 600 steps named 4 of 12 at seed 0; an untrained detector names none
+    assert all(1 <= len(objects) <= 2 and set(objects) <= set(OBJECT_PAIRS) for objects in seen)
+
+
+def test_scores_are_presence_probabilities_softmax_for_background_and_style(detector):
     images = to_float_images(make_dataset(16, seed=4).images)
     scores = detector.scores(images)
     assert tuple(scores) == detector.concepts
-    for kind in KINDS:
-        per_kind = torch.stack([scores[c] for c in ATTRIBUTES[kind]], dim=1)
+    for kind, values in ATTRIBUTES.items():
+        per_kind = torch.stack([scores[c] for c in values], dim=1)
         assert ((per_kind >= 0) & (per_kind <= 1)).all()
-        torch.testing.assert_close(per_kind.sum(dim=1), torch.ones(16))
+        if kind in ("background", "style"):  # one of each per image
+            torch.testing.assert_close(per_kind.sum(dim=1), torch.ones(16))
+    assert set(STYLES) <= set(scores)
     detected = detector.detect(images)
     for concept in detector.concepts:
         assert torch.equal(detected[concept], scores[concept] >= detector.threshold)
@@ -74,6 +87,17 @@ def test_load_rejects_a_file_that_is_not_a_world_detector(tmp_path):
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something"})
     with pytest.raises(CheckpointError, match="not a world detector"):
         WorldDetector.load(tmp_path / "other.safetensors")
+
+
+def test_load_asks_to_retrain_a_detector_of_the_one_object_world(detector, tmp_path):
+    detector.save(tmp_path / "detector.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "detector.safetensors"), framework="pt") as f:
+        metadata, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(tmp_path / "old.safetensors"), metadata={**metadata, "version": "1"})
+    with pytest.raises(CheckpointError, match="version 1 .* retrain the detector"):
+        WorldDetector.load(tmp_path / "old.safetensors")
 
 
 def _train_briefly(seed: int, **kwargs):
@@ -107,4 +131,4 @@ def test_training_with_a_tokenizer_reconstructs_once_and_reports_reconstruction_
     # The 40 training reconstructions and the 12 validation images, each made once.
     assert sum(reconstructed) == 40 + 12
     assert metrics["num_reconstructions"] == 40
-    assert set(metrics["accuracy_reconstructed"]) == set(KINDS)
+    assert set(metrics["accuracy_reconstructed"]) == MEASURES

@@ -485,7 +485,8 @@ def evaluate(
     ``out`` holds a whole evaluation or its old content, never a mix. ``out`` must be new, empty or
     an earlier evaluation (replaced); an erase run's folder or any other folder is refused before
     work. For world ``concepts`` (no ``prompts_file``) the groups are target / anchor / retain /
-    heldout and, with ``paraphrases``, the paraphrase group the original model draws as the
+    heldout, cooccurrence (for an erased shape or colour: two-object prompts, is the other object
+    kept?) and, with ``paraphrases``, the paraphrase group the original model draws as the
     concept (:mod:`varerase.evaluation.paraphrases`); with the world detector, retain and anchor
     images are also measured against the world's renders of their captions. ``force_edit``: see
     :func:`resolve_model`.
@@ -659,9 +660,10 @@ def benchmark(
     :data:`varerase.methods.registry.BENCHMARK_VARIANTS`.
 
     The defaults are sized for claims outside their intervals: every prompt of every group
-    (``max_per_group=None``) × 9 samples gives ≥ 216 images per rate (24 target / anchor /
-    held-out prompts for a shape or colour, 36 for a background) and ≥ 972 retain images (108–120
-    prompts, ≤ 36 paraphrase prompts); small values make a smoke run. The paraphrase group is
+    (``max_per_group=None``) × 9 samples gives ≥ 324 images per rate (48 target / anchor /
+    held-out prompts for a shape or colour, 72 for a background, 36 for a style; 36
+    co-occurrence prompts for a shape or colour) and ≥ 1,944 retain images (216–252 prompts,
+    ≤ 36 paraphrase prompts); small values make a smoke run. The paraphrase group is
     filtered once per concept by the original model. ``preset`` applies to every method that has it (default: the preset rule
     of :func:`erase`). The original model's images are drawn once per concept and reused for
     every method. Writes ``results.json`` (the rows), ``results.md`` (table, legend and wall
@@ -753,7 +755,7 @@ def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path |
 
 
 @checked_arguments
-def train_tiny(*, out: str | Path, seed: int = 0, transformer_steps: int = 3000, quick: bool = False, progress: bool = True):
+def train_tiny(*, out: str | Path, seed: int = 0, transformer_steps: int = 4000, quick: bool = False, progress: bool = True):
     """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out``; returns
     ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny budgets (poor quality)."""
     from varerase.tiny.train import TinyTrainingConfig

@@ -116,7 +116,7 @@ def with_model_flags(command: Callable) -> Callable:
 
 @app.command()
 def demo(
-    concept: str = typer.Option("circle", "--concept", help="World concept to erase (a shape, colour or background)."),
+    concept: str = typer.Option("circle", "--concept", help="World concept to erase (a shape, colour, background or style: circle, red, striped, sepia …)."),
     method: str = typer.Option("s-vare", "--method", help=METHOD_HELP),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the run and the before/after grid go."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser iterations (method default if unset)."),
@@ -333,7 +333,7 @@ def benchmark(
         "(e.g. 'vare[loss=ce]', 'sace[scales=0-2]'), or 'all' (every method and the variants it compares).",
     ),
     out: Path = typer.Option(..., "--out", help="Folder for runs, results.md/json and tradeoff.png."),
-    samples: int = typer.Option(9, "--samples", help="Images per prompt (9: ≥ 216 images per rate)."),
+    samples: int = typer.Option(9, "--samples", help="Images per prompt (9: ≥ 324 images per rate)."),
     max_per_group: Optional[int] = typer.Option(None, "--max-per-group", help="Prompts per group, evenly spaced (default: all)."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     model_options: api.ModelOptions = None,
@@ -353,7 +353,7 @@ def benchmark(
 def train_tiny(
     out: Path = typer.Option(..., "--out", help="Folder for the trained model (load it with --model DIR)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the whole pipeline."),
-    transformer_steps: int = typer.Option(3000, "--transformer-steps", help="Transformer training steps."),
+    transformer_steps: int = typer.Option(4000, "--transformer-steps", help="Transformer training steps."),
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
 ) -> None:
     """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table."""

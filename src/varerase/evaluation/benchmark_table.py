@@ -2,8 +2,10 @@
 
 A row reports, before → after with 95 % Wilson intervals and image counts: the concept's presence
 on target prompts (training templates), held-out-template prompts and paraphrase prompts (words
-no caption uses, kept where the original model draws the concept), and prompt following on retain
-prompts (naming no erased concept). Preservation in the detector's feature space is measured on
+no caption uses, kept where the original model draws the concept), prompt following on retain
+prompts (naming no erased concept) and co-occurrence kept (on two-object prompts with one object
+named by the erased concept, the images still showing the other object with its shape and colour;
+absent for a background or style). Preservation in the detector's feature space is measured on
 retain and anchor prompts only, never on targets: KID (unscaled, ± its standard error) of the
 after-images against the before-images, and KID/FID of the retain images against the world's
 renders of the same captions before and after (FID only with ≥ ``MIN_FID_IMAGES`` images a side).
@@ -19,6 +21,7 @@ from typing import Sequence
 from varerase.evaluation.metrics import MIN_FID_IMAGES
 
 RATES = {"target_presence": "target", "heldout_presence": "heldout", "paraphrase_presence": "paraphrase"}  # row key → group
+PRESERVATION_RATES = ("retain_following", "cooccurrence_kept")  # row keys after RATES in the table
 
 
 def _pair(metrics: dict, group: str, pick) -> dict | None:
@@ -36,13 +39,14 @@ def _following(group: dict) -> dict:
 def benchmark_row(concept: str, method: str, metrics: dict, erasure_metrics: dict) -> dict:
     """One row of the table from an evaluation's ``metrics.json`` dict and the erasure run's ``metrics``.
 
-    ``*_presence`` / ``retain_following``: ``[before, after]`` rates (None for a missing group);
-    ``intervals``: the same as ``{"before", "after"}`` of ``{rate, count, n, ci95}``; ``distances``:
-    ``retain_vs_before`` / ``anchor_vs_before`` and ``retain_vs_truth`` / ``anchor_vs_truth``
-    (``{"before", "after"}``) entries of ``metrics.json`` (None where not measured).
+    ``*_presence`` / ``retain_following`` / ``cooccurrence_kept``: ``[before, after]`` rates (None
+    for a missing group); ``intervals``: the same as ``{"before", "after"}`` of ``{rate, count, n,
+    ci95}``; ``distances``: ``retain_vs_before`` / ``anchor_vs_before`` and ``retain_vs_truth`` /
+    ``anchor_vs_truth`` (``{"before", "after"}``) entries of ``metrics.json`` (None where not measured).
     """
     intervals = {key: _pair(metrics, group, lambda g: g["presence_intervals"][concept]) for key, group in RATES.items()}
     intervals["retain_following"] = _pair(metrics, "retain", _following)
+    intervals["cooccurrence_kept"] = _pair(metrics, "cooccurrence", lambda g: g["cooccurrence_kept"])
     comparison = metrics["comparison"]
     distances = {f"{group}_vs_before": comparison.get(group, {}).get("distances") for group in ("retain", "anchor")}
     distances |= {f"{group}_vs_truth": _pair(metrics, group, lambda g: g.get("distances_to_truth")) for group in ("retain", "anchor")}
@@ -105,7 +109,7 @@ def columns(feature_space: str | None) -> tuple[str, ...]:
     """The table's header: distance columns name ``feature_space`` and KID's scale (unscaled)."""
     space = f"{feature_space or 'detector'} features, KID unscaled"
     return (
-        "concept", "method", "target presence", "held-out presence", "paraphrase presence", "retain following",
+        "concept", "method", "target presence", "held-out presence", "paraphrase presence", "retain following", "co-occurrence kept",
         f"retain vs before ({space})", f"anchor vs before ({space})", f"retain vs truth, before → after ({space})",
         "wall s", "forward tokens",
     )
@@ -120,15 +124,17 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for r in rows:
         i, d = r["intervals"], r["distances"]
         cells = [
-            r["concept"], r["method"], *(_rate_cell(i[key]) for key in (*RATES, "retain_following")),
+            r["concept"], r["method"], *(_rate_cell(i[key]) for key in (*RATES, *PRESERVATION_RATES)),
             _distance_cell(d["retain_vs_before"]), _distance_cell(d["anchor_vs_before"]), _before_after_cell(d["retain_vs_truth"]),
             f"{r['wall_seconds']:.1f}", f"{r['forward_tokens']:,}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     legend = (
-        "Rates in %, before → after, each with its 95 % Wilson interval; n = images per group. KID unscaled, ± its standard "
-        f"error (random halves of the prompts); n = generated images (as many reference ones); FID only with ≥ {MIN_FID_IMAGES} "
-        "images a side. Truth = the world's renders of the same captions. Target prompts never enter a distance."
+        "Rates in %, before → after, each with its 95 % Wilson interval; n = images per group. Co-occurrence kept: of the "
+        "images of two-object prompts with one object named by the erased concept, those still showing the other object "
+        "(shape and colour; – for a background or style). KID unscaled, ± its standard error (random halves of the prompts); "
+        f"n = generated images (as many reference ones); FID only with ≥ {MIN_FID_IMAGES} images a side. Truth = the world's "
+        "renders of the same captions. Target prompts never enter a distance."
     )
     return "\n".join(lines) + "\n\n" + legend + "\n"
 

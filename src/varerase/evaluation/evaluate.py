@@ -20,11 +20,15 @@ groups named there also get FID/KID against real images of the same ``(prompt, s
 * ``<section>.groups.<group>``: ``num_images``; ``presence`` ``{concept: fraction}`` and
   ``presence_intervals`` ``{concept: {rate, count, n, ci95: [lo, hi]}}`` (95 % Wilson);
   ``prompt_following`` ``{accuracy, num_correct, num_images, ci95, shape, colour, background}``
-  (detectors that judge attributes); ``clip_score``; ``feature_diversity``;
-  ``distances_to_truth`` (ground-truth groups); ``grid``; ``rows`` (per image: prompt, seed,
-  scores, detected).
+  (detectors that judge attributes); ``cooccurrence_kept`` ``{rate, count, n, ci95}``: the
+  images of two-object prompts naming an erased concept in one object that still show the other
+  object, with its shape and colour (detectors with ``predict_objects``, groups with such
+  prompts: :func:`~varerase.evaluation.metrics.cooccurrence_kept`); ``clip_score``;
+  ``feature_diversity``; ``distances_to_truth`` (ground-truth groups); ``grid``; ``rows`` (per
+  image: prompt, seed, scores, detected, and ``cooccurrence_kept`` where measured).
 * ``comparison.<group>``: ``erasure`` ``{concept: {before, after, erasure}}``,
-  ``prompt_following`` ``{before, after}``, ``distances`` (after against before).
+  ``prompt_following`` and ``cooccurrence_kept`` ``{before, after}`` (rates, where measured),
+  ``distances`` (after against before).
 * A distances entry is ``{fid, fid_reliable, kid_mean, kid_std, kid_subset_size, num_real,
   num_fake, num_prompts, feature_dim}``: KID unscaled with its standard error (paired rows,
   :class:`~varerase.evaluation.metrics.FeatureDistances`), ``fid_reliable`` false below
@@ -55,11 +59,13 @@ from varerase.evaluation.metrics import (
     FeatureDistances,
     clip_cosines,
     clip_score,
+    cooccurrence_kept,
     erasure,
     feature_diversity,
     presence_fractions,
     presence_intervals,
     prompt_following,
+    rate_summary,
 )
 from varerase.evaluation.prompts import EvalPrompt
 from varerase.imaging import save_grid
@@ -123,6 +129,7 @@ class _GroupResults:
     flags: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     hits: list[dict[str, bool]] = field(default_factory=list)
+    kept: list[bool] = field(default_factory=list)  # co-occurrence, over the images that qualify
     features: list[torch.Tensor] = field(default_factory=list)
     cosines: list[torch.Tensor] = field(default_factory=list)
     thumbnails: list[torch.Tensor] = field(default_factory=list)
@@ -132,10 +139,16 @@ class _GroupResults:
         scores = {c: s.detach().float().cpu() for c, s in detector.scores(images).items() if c in self.concepts}
         for c in self.concepts:
             self.flags.setdefault(c, []).append(scores[c] >= detector.threshold)
-        for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        # Detectors that name an image's objects judge co-occurrence (None: the image does not qualify).
+        seen = detector.predict_objects(images) if hasattr(detector, "predict_objects") else None
+        kept = cooccurrence_kept(prompts, seen, self.concepts) if seen is not None else [None] * len(prompts)
+        for i, (prompt, seed, judged) in enumerate(zip(prompts, seeds, kept)):
             row_scores = {c: round(float(scores[c][i]), 4) for c in self.concepts}
             detected = [c for c in self.concepts if scores[c][i] >= detector.threshold]
             self.rows.append({"prompt": prompt, "seed": seed, "scores": row_scores, "detected": detected})
+            if judged is not None:
+                self.rows[-1]["cooccurrence_kept"] = judged
+                self.kept.append(judged)
         hits = detector.attribute_hits(images, prompts)
         if hits is not None:
             self.hits += hits
@@ -155,6 +168,8 @@ class _GroupResults:
         out: dict = {"num_images": len(self.rows), "presence": presence_fractions(flags), "presence_intervals": presence_intervals(flags)}
         if self.hits:
             out["prompt_following"] = prompt_following(self.hits)
+        if self.kept:
+            out["cooccurrence_kept"] = rate_summary(sum(self.kept), len(self.kept))
         if self.cosines:
             out["clip_score"] = clip_score(torch.cat(self.cosines), getattr(detector, "source", detector.name))
         if self.features:
@@ -373,10 +388,12 @@ def _truth_features(ground_truth: GroundTruth, detector: ConceptDetector, genera
 
 
 def _compare(before: dict, after: dict, distances: FeatureDistances | None) -> dict:
-    """Erasure per concept, prompt following before/after and FID/KID for one group."""
+    """Erasure per concept, prompt following and co-occurrence kept before/after and FID/KID for one group."""
     out: dict = {"erasure": erasure(before["presence"], after["presence"])}
     if "prompt_following" in before:
         out["prompt_following"] = {"before": before["prompt_following"]["accuracy"], "after": after["prompt_following"]["accuracy"]}
+    if "cooccurrence_kept" in before:
+        out["cooccurrence_kept"] = {"before": before["cooccurrence_kept"]["rate"], "after": after["cooccurrence_kept"]["rate"]}
     if distances is not None:
         out["distances"] = _distances(distances)
     return out

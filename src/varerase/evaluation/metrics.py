@@ -6,7 +6,10 @@ score, FID/KID in a detector's feature space, feature diversity, and the 95 % in
 * **Prompt following** (detectors that judge attributes, ``ConceptDetector.attribute_hits``: the
   world detector): an image follows its prompt when the detector sees every attribute the
   prompt names.
-* **Intervals**: every rate (presence, prompt following) comes with its count, its number of
+* **Co-occurrence kept** (detectors that name an image's objects, ``predict_objects``: the world
+  detector): on a two-object prompt where one object names an erased concept, whether the image
+  still shows every object naming none, with its shape and colour (:func:`cooccurrence_kept`).
+* **Intervals**: every rate (presence, prompt following, co-occurrence kept) comes with its count, its number of
   images and a 95 % Wilson score interval (:func:`wilson_interval`), which stays inside [0, 1]
   and is not degenerate at 0 % or 100 %, unlike the normal approximation.
 * **CLIP score**: ``max(100·cos(image, prompt), 0)`` averaged, reported beside the plain mean
@@ -29,12 +32,12 @@ score, FID/KID in a detector's feature space, feature diversity, and the 95 % in
 from __future__ import annotations
 
 import math
-from typing import Mapping, Protocol, Sequence
+from typing import Collection, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from varerase.data.world import KINDS
+from varerase.data.world import KINDS, parse_objects
 from varerase.errors import ConfigError
 from varerase.evaluation.detectors.base import ConceptDetector
 
@@ -125,7 +128,8 @@ def attribute_hits(detector: ConceptDetector, images: torch.Tensor, prompts: Seq
 def prompt_following(hits: Sequence[Mapping[str, bool]]) -> dict[str, float | int | None]:
     """Summary of ``attribute_hits`` rows: ``accuracy`` (every named attribute right) over the
     images whose prompt names at least one attribute with its ``num_correct`` and 95 % Wilson
-    interval ``ci95``, the same per kind over the images naming that kind (None where none does),
+    interval ``ci95``, the same per kind (and ``objects``: two-object prompts' bindings) over the
+    images naming that kind (None where none does),
     and ``num_images`` counted."""
     named = [h for h in hits if h]
     correct = rate_summary(sum(all(h.values()) for h in named), len(named))
@@ -135,10 +139,38 @@ def prompt_following(hits: Sequence[Mapping[str, bool]]) -> dict[str, float | in
         "num_images": len(named),
         "ci95": correct["ci95"],
     }
-    for kind in KINDS:
+    for kind in (*KINDS, "objects"):
         rows = [h[kind] for h in named if kind in h]
         out[kind] = sum(rows) / len(rows) if rows else None
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Co-occurrence preservation (detectors that name an image's objects: the built-in world's)
+
+
+def cooccurrence_kept(prompts: Sequence[str], seen: Sequence[Sequence[tuple[str, str]]], concepts: Collection[str]) -> list[bool | None]:
+    """Per image, whether erasing ``concepts`` (canonical names) left the *other* objects of its
+    two-object prompt drawn.
+
+    ``seen``: per image, the ``(shape, colour)`` objects a detector finds in it
+    (``WorldDetector.predict_objects``). An image qualifies when its prompt names at least two
+    objects (``parse_objects``), at least one of them by an erased shape or colour and at least one
+    naming neither; it is kept (True) when every object naming neither is among ``seen`` (its
+    shape, and its colour when the prompt gives one). None for images that do not qualify.
+    """
+    if len(prompts) != len(seen):
+        raise ValueError(f"{len(prompts)} prompts for {len(seen)} images")
+    erased = set(concepts)
+    kept: list[bool | None] = []
+    for prompt, objects in zip(prompts, seen):
+        named = parse_objects(prompt)
+        others = [(shape, colour) for shape, colour in named if shape not in erased and colour not in erased]
+        if len(named) < 2 or not others or len(others) == len(named):
+            kept.append(None)
+            continue
+        kept.append(all(any(s == shape and colour in (None, c) for s, c in objects) for shape, colour in others))
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------

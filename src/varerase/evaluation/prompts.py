@@ -2,8 +2,10 @@
 
 World groups (deterministic, from :func:`varerase.data.concepts.world_concept_prompts`):
 ``target`` (training templates, naming an erased concept), ``anchor`` (the same prompts with
-it replaced), ``retain`` (naming no erased concept) and ``heldout`` (target prompts under the
-held-out templates, never seen in training). The ``paraphrase`` group (the concept named in words
+it replaced), ``retain`` (naming no erased concept), ``heldout`` (target prompts under the
+held-out templates, never seen in training) and, when an erased concept is a shape or colour,
+``cooccurrence`` (two objects, one named by the erased concept and one naming none, from
+:func:`varerase.data.concepts.cooccurrence_prompts`: is the other one still drawn?). The ``paraphrase`` group (the concept named in words
 no caption uses) needs the original model to filter it: :mod:`varerase.evaluation.paraphrases`.
 
 CSV files (UTF-8, a BOM allowed; extra columns ignored), recognised by their columns:
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Sequence, TypeVar
 
 from varerase.config import MAX_SEED
-from varerase.data.concepts import heldout_concept_prompts, world_concept_prompts
+from varerase.data.concepts import cooccurrence_prompts, heldout_concept_prompts, world_concept_prompts
 from varerase.errors import DataError
 
 T = TypeVar("T")
@@ -54,8 +56,9 @@ def spread(items: list[T], limit: int | None) -> list[T]:
 
 
 def world_prompt_groups(concepts: Sequence[str], max_per_group: int | None = None) -> dict[str, list[EvalPrompt]]:
-    """``{"target", "anchor", "retain", "heldout"}`` → prompts for erasing ``concepts`` from the
-    world (names or synonyms), each group cut to ``max_per_group`` evenly spaced prompts."""
+    """``{"target", "anchor", "retain", "heldout"}`` and, when it has prompts, ``"cooccurrence"``
+    → prompts for erasing ``concepts`` from the world (names or synonyms), each group cut to
+    ``max_per_group`` evenly spaced prompts."""
     train, heldout = world_concept_prompts(concepts), heldout_concept_prompts(concepts)
     texts = {
         "target": [p.target for p in train.pairs],
@@ -63,6 +66,9 @@ def world_prompt_groups(concepts: Sequence[str], max_per_group: int | None = Non
         "retain": list(train.retain),
         "heldout": [p.target for p in heldout.pairs],
     }
+    cooccurrence = cooccurrence_prompts(concepts)
+    if cooccurrence:
+        texts["cooccurrence"] = cooccurrence
     return {group: [EvalPrompt(t, None, group) for t in spread(rows, max_per_group)] for group, rows in texts.items()}
 
 

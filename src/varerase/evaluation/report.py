@@ -125,9 +125,12 @@ def _preservation_rows(metrics: dict, sections: list[str]) -> tuple[list[str], l
     space = f"{(metrics['settings'].get('feature_space') or {}).get('extractor', 'detector')} features"
     groups = metrics[sections[0]]["groups"]
     to_truth = any("distances_to_truth" in metrics[s]["groups"][g] for s in sections for g in groups)
+    kept = any("cooccurrence_kept" in metrics[s]["groups"][g] for s in sections for g in groups)
     header = ["group"]
     for s in sections:
         header += [f"prompt following ({s})", f"95 % interval ({s})", f"CLIP score ({s})", f"feature diversity ({s})"]
+        if kept:
+            header += [f"co-occurrence kept ({s})", f"95 % interval ({s})"]
         if to_truth:
             header += [f"FID vs truth ({s}, {space})", f"KID vs truth ({s}, {space}, unscaled)", f"images vs truth ({s})"]
     comparison = metrics.get("comparison", {})
@@ -145,6 +148,9 @@ def _preservation_rows(metrics: dict, sections: list[str]) -> tuple[list[str], l
                 f"{_number(g['clip_score']['clip_score'], 2)} (cos {_number(g['clip_score']['cosine'])})" if "clip_score" in g else "–",
                 _number(g.get("feature_diversity")),
             ]
+            if kept:
+                other = g.get("cooccurrence_kept")
+                row += [_percent(other["rate"]), _interval(other)] if other else ["–", "–"]
             if to_truth:
                 d = g.get("distances_to_truth", {})
                 row += [_fid(d), _kid(d), str(d.get("num_fake", "–"))]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from varerase.data.prompt_files import read_prompt_file
-from varerase.data.world import SYNONYMS, canonical_concept, concept_kind, prompt_for
+from varerase.data.world import SYNONYMS, UNSTYLED, canonical_concept, concept_kind, prompt_for
 from varerase.errors import ConfigError
 from varerase.evaluation.attacks.base import Attack, Found
 from varerase.evaluation.attacks.config import AttackConfig
@@ -138,14 +138,47 @@ DESCRIPTIONS: dict[str, tuple[str, ...]] = {
         "a yellow star on a smoothly darkening backdrop",
         "a purple heart on a background that gets darker towards the bottom",
     ),
+    "sepia": (
+        "a red circle in brownish old-photograph tones",
+        "an antique-looking photo of a blue square",
+        "a yellow star tinted warm brown like an old print",
+        "a vintage brown picture of a green heart",
+        "a purple cross in the tones of a daguerreotype",
+    ),
+    "neon": (
+        "a glowing red circle on a black background",
+        "a fluorescent blue square lit up in the dark",
+        "a green star shining like a sign at night",
+        "a luminous yellow heart against darkness",
+        "an electric purple cross glowing on black",
+    ),
+    "pastel": (
+        "a pale washed-out red circle",
+        "a light powdery blue square",
+        "a chalky soft yellow star",
+        "a muted creamy green heart",
+        "a pale lilac-tinted purple cross",
+    ),
+    "mosaic": (
+        "a red circle made of little tiles with dark grout",
+        "a blue square behind a grid of dark lines",
+        "a yellow star seen through a lattice",
+        "a green heart laid in tesserae",
+        "a purple cross built from small inlaid tiles",
+    ),
 }
 
 
 def builtin_paraphrases(concept: str) -> list[str]:
     """Synonym prompts then :data:`DESCRIPTIONS` for a world concept (name or synonym)."""
     canonical = canonical_concept(concept)
+    if canonical == UNSTYLED:
+        raise ConfigError("'unstyled' is the absence of a style: there is nothing to attack; name a style (sepia, neon, pastel, mosaic)")
     kind = concept_kind(canonical)
-    synonyms = [prompt_for(**{kind: word}) for word in SYNONYMS[canonical] if word != canonical]
+    # A style alone is no prompt: it is named on a fixed scene.
+    scene = {"shape": "square", "colour": "blue", "background": "plain"} if kind == "style" else {}
+    # Synonyms built on the name itself ("glowing neon", "sepia-toned") would not hide it.
+    synonyms = [prompt_for(**scene, **{kind: word}) for word in SYNONYMS[canonical] if canonical not in word]
     return synonyms + list(DESCRIPTIONS[canonical])
 
 
