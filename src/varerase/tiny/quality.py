@@ -88,7 +88,7 @@ def heldout_prompts() -> list[str]:
         scene = prompt_for(shape=shape, colour=colour, background=BACKGROUNDS[turn % len(BACKGROUNDS)], template=HELDOUT_TEMPLATES[turn % 2])
         prompts.append(with_style(scene, style, STYLE_HELDOUT_TEMPLATES[0]))
     colour_pairs = [(a, b) for a in COLOURS for b in COLOURS if a != b]
-    for turn, ((left, right), k) in enumerate(product(sorted(HELDOUT_SHAPE_PAIRS), range(12))):
+    for turn, ((left, right), _) in enumerate(product(sorted(HELDOUT_SHAPE_PAIRS), range(12))):
         first, second = colour_pairs[(turn * 7) % len(colour_pairs)]
         prompts.append(pair_prompt((first, left), (second, right), BACKGROUNDS[turn % len(BACKGROUNDS)], PAIR_HELDOUT_TEMPLATES[0]))
     return prompts
