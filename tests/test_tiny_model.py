@@ -87,3 +87,26 @@ def test_mixed_precision_stores_linear_weights_in_bfloat16_without_changing_outp
     assert load_file(tmp_path / "edit.safetensors")[name].dtype == torch.float32
     reloaded = load_edit(lowered, tmp_path)
     torch.testing.assert_close(reloaded.edit.delta(name), torch.full_like(reloaded.edit.delta(name), 1e-6), atol=3e-8, rtol=0)  # float32 resolution of W + Δ
+
+
+def test_two_object_ceilings_use_the_true_maps_before_the_last_scale_and_its_predicted_bits(tiny, detector, monkeypatch):
+    from varerase.tiny.quality import two_object_ceilings
+
+    fresh = make_dataset(120, seed=4321)
+    two = [i for i in range(len(fresh.captions)) if fresh.labels["shape"][i][1] >= 0][:24]
+    images, captions = to_float_images(fresh.images[two]), [fresh.captions[i] for i in two]
+
+    def logits_favouring(flip: bool):
+        def teacher_forced_logits(cond, maps, gate=None):
+            bits = torch.cat([m.flatten(1, 2) for m in maps], dim=1).float()
+            bits = 1 - bits if flip else bits
+            return torch.stack([1 - bits, bits], dim=-1) * 10  # [B, L, d, 2]: the favoured bit's logit is 10
+        return teacher_forced_logits
+
+    monkeypatch.setattr(tiny, "teacher_forced_logits", logits_favouring(flip=False))
+    oracle = two_object_ceilings(tiny, detector, images, captions, tiny.default_sampler)
+    assert oracle["last scale generated from the true earlier ones"] == oracle["tokenizer reconstructions"] >= 0.6
+    monkeypatch.setattr(tiny, "teacher_forced_logits", logits_favouring(flip=True))
+    inverted = two_object_ceilings(tiny, detector, images, captions, tiny.default_sampler)
+    assert inverted["tokenizer reconstructions"] == oracle["tokenizer reconstructions"]
+    assert inverted["last scale generated from the true earlier ones"] < oracle["tokenizer reconstructions"] - 0.3

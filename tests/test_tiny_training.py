@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from varerase.errors import ConfigError
+from varerase.models.infinity.vae import tiny_vae_config
 from varerase.models.registry import load_model
-from varerase.tiny.train import TinyTrainingConfig, train_tiny
+from varerase.tiny.train import TinyTrainingConfig, tiny_transformer_config, train_tiny
 
 QUICK = TinyTrainingConfig(train_images=600, tokenizer_steps=4, tokenizer_batch=16, detector_steps=4, transformer_steps=3, transformer_batch=8)
 
@@ -23,3 +28,13 @@ def test_same_seed_gives_the_same_weights_and_the_folder_loads(tmp_path):
     model = load_model(str(tmp_path / "a"))
     images = model.generate(model.encode_text(["a red star"]), model.default_sampler, seed=0).images
     assert images.shape == (1, 3, 32, 32)
+
+
+def test_the_tokenizer_is_configurable_and_must_match_the_transformers_bits(tmp_path):
+    with pytest.raises(ConfigError, match="tokenizer has 16"):
+        TinyTrainingConfig(tokenizer=dataclasses.replace(tiny_vae_config(), bits=16))
+    wider = dataclasses.replace(QUICK, tokenizer=dataclasses.replace(tiny_vae_config(), bits=16, base_channels=8),
+                                transformer=dataclasses.replace(tiny_transformer_config(), bits=16))
+    train_tiny(tmp_path / "m", wider, progress=False)
+    model = load_model(str(tmp_path / "m"))
+    assert model.bits == 16 and model.vae.config.base_channels == 8

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from varerase.data.world_rendering import WorldConfig, WorldDataset, make_dataset, to_float_images
+from varerase.errors import ConfigError
 from varerase.evaluation.detectors.world_detector import WorldDetector, WorldDetectorConfig, train_world_detector
 from varerase.io import atomic_write_json
 from varerase.models.base import SamplerConfig, TextCondition
 from varerase.models.infinity.model import InfinityModel
 from varerase.models.infinity.transformer import InfinityConfig, InfinityTransformer
-from varerase.models.infinity.vae import BitwiseVAE, tiny_vae_config
+from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig, tiny_vae_config
 from varerase.models.text import load_minilm
 from varerase.runtime.progress import progress_bar
 from varerase.training.trainer import seed_everything
@@ -58,6 +59,9 @@ class TinyTrainingConfig:
     The world with styles and two-object scenes needs more images and tokenizer steps than the
     one-object world did (20k images, 800 steps): the tokenizer must also reproduce the styles'
     looks (mosaic's grout lines are the hardest) and small objects.
+
+    ``tokenizer`` and ``transformer`` are the two networks' architectures (the shipped ones by
+    default); the transformer predicts the tokenizer's bits, so their ``bits`` must agree.
     """
 
     seed: int = 0
@@ -76,7 +80,12 @@ class TinyTrainingConfig:
     weight_decay: float = 0.05
     grad_clip: float = 2.0
     condition_dropout: float = 0.1
+    tokenizer: BitwiseVAEConfig = field(default_factory=tiny_vae_config)
     transformer: InfinityConfig = field(default_factory=tiny_transformer_config)
+
+    def __post_init__(self) -> None:
+        if self.transformer.bits != self.tokenizer.bits:
+            raise ConfigError(f"the transformer predicts {self.transformer.bits} bits per token but the tokenizer has {self.tokenizer.bits}")
 
 
 def _set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, warmup: int) -> None:
@@ -94,7 +103,7 @@ def _cosine_with_warmup(step: int, total: int, warmup: int) -> float:
 def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bool = True) -> tuple[BitwiseVAE, dict]:
     """Phase 1: the tiny bitwise VAE. ``images`` uint8 ``[N, 32, 32, 3]``. Returns the VAE and its validation PSNR."""
     torch.manual_seed(config.seed)
-    vae = BitwiseVAE(tiny_vae_config())
+    vae = BitwiseVAE(config.tokenizer)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.tokenizer_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     val = to_float_images(images[-256:]) * 2 - 1
