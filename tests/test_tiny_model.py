@@ -110,3 +110,21 @@ def test_two_object_ceilings_use_the_true_maps_before_the_last_scale_and_its_pre
     inverted = two_object_ceilings(tiny, detector, images, captions, tiny.default_sampler)
     assert inverted["tokenizer reconstructions"] == oracle["tokenizer reconstructions"]
     assert inverted["last scale generated from the true earlier ones"] < oracle["tokenizer reconstructions"] - 0.3
+
+
+def test_fingerprint_is_the_same_at_any_thread_count_and_sees_one_changed_weight():
+    model = load_model("tiny")
+    threads = torch.get_num_threads()
+    names = []
+    try:
+        for count in (1, 2, 1):
+            torch.set_num_threads(count)
+            model.__dict__.pop("_fingerprint_cache", None)  # hash again, not the kept name
+            names.append(model.fingerprint())
+    finally:
+        torch.set_num_threads(threads)
+    assert names[0] == names[1] == names[2]
+    weight = max(model.state_dict().values(), key=lambda t: t.numel())
+    with torch.no_grad():
+        weight.view(-1)[1] += 1e-3  # between the strided sample's elements: only the checksum sees it
+    assert model.fingerprint() != names[0]

@@ -383,12 +383,19 @@ class ScaleWiseModel(nn.Module, abc.ABC):
         h = hashlib.sha256(repr(self.schedule).encode())
         for name, tensor in sorted(state.items()):
             h.update(name.encode())
-            t = tensor.detach().float().cpu().flatten()
-            # Hash a strided sample plus sums: exact enough to tell edits apart, cheap for 2B models.
-            h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
-            h.update(repr(float(t.double().sum())).encode())
+            t = tensor.detach()
+            # A strided sample plus a checksum of every weight: tells edits apart, cheap for 2B models.
+            # The checksum adds the weights' bit patterns as integers, which is exact in any order;
+            # a float sum rounds differently with the thread count or device.
+            bit_patterns = t.contiguous().view(_SAME_WIDTH_INTEGER[t.element_size()])
+            h.update(str(int(bit_patterns.sum(dtype=torch.int64))).encode())
+            h.update(t.flatten()[:: max(1, t.numel() // 4096)].float().cpu().numpy().tobytes())
         self.__dict__["_fingerprint_cache"] = (key, h.hexdigest()[:16])
         return self.__dict__["_fingerprint_cache"][1]
+
+
+# Integer dtypes by element size: the view that reads a tensor's values as their bit patterns.
+_SAME_WIDTH_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def module_group_parameters(model: ScaleWiseModel, groups: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
