@@ -85,6 +85,9 @@ CLI_CASES = {
     "evaluate samples 0": (["evaluate", "--concept", "circle", "--samples", "0", "--out", "{tmp}/e"], "samples_per_prompt must be in [1, 1024]"),
     "evaluate max-per-group 0": (["evaluate", "--concept", "circle", "--max-per-group", "0", "--out", "{tmp}/e"], "max_per_group must be ≥ 1"),
     "train-tiny steps -5": (["train-tiny", "--transformer-steps", "-5", "--out", "{tmp}/t"], "transformer_steps must be ≥ 1"),
+    "train-tiny unknown setting": (["train-tiny", "--set", "transformer.wdth=3", "--out", "{tmp}/t"], "transformer: unknown setting(s) ['wdth']"),
+    "train-tiny setting not a group": (["train-tiny", "--set", "seed.x=1", "--out", "{tmp}/t"], "'seed' is not a group of settings"),
+    "train-tiny device": (["train-tiny", "--device", "cuda:x", "--out", "{tmp}/t"], "unknown device 'cuda:x'"),
     "generate n 0": (["generate", "-p", "a red circle", "-n", "0"], "n must be ≥ 1"),
     # 13: YAML aliases
     "alias bomb in --config": (["erase", "--concept", "circle", "--config", "{tmp}/bomb.yaml", "--out", "{tmp}/r"], "YAML aliases (*a) are not allowed"),
@@ -177,6 +180,8 @@ API_CASES = {
     "benchmark max_per_group 0": (lambda: ve.benchmark("tiny", methods=["uce"], max_per_group=0, out="x"), ConfigError, "max_per_group must be ≥ 1"),
     "benchmark methods a string": (lambda: ve.benchmark("tiny", methods="vare", concepts=["nope"], out="x"), ConfigError, "unknown concept 'nope'"),
     "train_tiny steps": (lambda: ve.train_tiny(out="x", transformer_steps=0), ConfigError, "transformer_steps must be ≥ 1"),
+    "train_tiny setting ill-typed": (lambda: ve.train_tiny(out="x", settings={"transformer.width": "wide"}), ConfigError, "width must be an integer"),
+    "train_tiny settings a list": (lambda: ve.train_tiny(out="x", settings=["width=3"]), ConfigError, "settings must be"),
     "report None": (lambda: ve.report(None), ConfigError, "run must be a string or a path, got None"),
     "cfg a string": (lambda: ve.generate("tiny", ["a"], cfg="3"), ConfigError, "cfg must be a number or a list of numbers"),
     "no prompts": (lambda: ve.generate("tiny", []), ConfigError, "give at least one prompt"),

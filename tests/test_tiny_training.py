@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from varerase.errors import ConfigError
 from varerase.models.infinity.vae import tiny_vae_config
 from varerase.models.registry import load_model
-from varerase.tiny.train import TinyTrainingConfig, tiny_transformer_config, train_tiny
+from varerase.tiny.train import TINY_SCHEDULE, TinyTrainingConfig, tiny_training_config, tiny_transformer_config, train_tiny
 
 QUICK = TinyTrainingConfig(train_images=600, tokenizer_steps=4, tokenizer_batch=16, detector_steps=4, transformer_steps=3, transformer_batch=8)
 
@@ -19,7 +19,7 @@ QUICK = TinyTrainingConfig(train_images=600, tokenizer_steps=4, tokenizer_batch=
 def test_same_seed_gives_the_same_weights_and_the_folder_loads(tmp_path):
     for name in ("a", "b"):
         metrics = train_tiny(tmp_path / name, QUICK, progress=False)
-    assert set(metrics["seconds"]) == {"data", "tokenizer", "detector", "transformer"}
+    assert set(metrics["seconds"]) == {"data", "tokenizer", "detector", "transformer"} and metrics["device"] == "cpu"
     for weights in ("transformer.safetensors", "vae.safetensors", "detector.safetensors"):
         a, b = load_file(tmp_path / "a" / weights), load_file(tmp_path / "b" / weights)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
@@ -38,3 +38,16 @@ def test_the_tokenizer_is_configurable_and_must_match_the_transformers_bits(tmp_
     train_tiny(tmp_path / "m", wider, progress=False)
     model = load_model(str(tmp_path / "m"))
     assert model.bits == 16 and model.vae.config.base_channels == 8
+
+
+def test_settings_reach_the_nested_configs_and_leave_the_rest_at_the_defaults():
+    config = tiny_training_config({"transformer.width": 192, "tokenizer.base_channels": 8, "detector.learning_rate": 1e-3, "tokenizer_steps": 7}, seed=5)
+    read = (config.transformer.width, config.tokenizer.base_channels, config.detector.learning_rate, config.tokenizer_steps, config.seed)
+    assert read == (192, 8, 1e-3, 7, 5)
+    assert dataclasses.replace(config.transformer, width=128) == tiny_transformer_config()
+    assert tiny_training_config() == TinyTrainingConfig()
+    with pytest.raises(ConfigError, match="set both"):
+        tiny_training_config({"tokenizer.bits": 16})
+    with pytest.raises(ConfigError, match="schedule is fixed"):
+        tiny_training_config({"transformer.schedule": [[1, 1], [8, 8]]})
+    assert tiny_training_config({"transformer.schedule": [list(s) for s in TINY_SCHEDULE]}) == TinyTrainingConfig()

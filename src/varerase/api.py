@@ -755,17 +755,24 @@ def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path |
 
 
 @checked_arguments
-def train_tiny(*, out: str | Path, seed: int = 0, transformer_steps: int = 4000, quick: bool = False, progress: bool = True):
-    """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out``; returns
-    ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny budgets (poor quality)."""
-    from varerase.tiny.train import TinyTrainingConfig
+def train_tiny(
+    *, out: str | Path, seed: int = 0, transformer_steps: int = 4000, quick: bool = False,
+    settings: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
+):
+    """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out`` on ``device``;
+    returns ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny
+    budgets (poor quality). ``settings``: :class:`varerase.tiny.train.TinyTrainingConfig` fields laid
+    over those (dotted keys for the nested configs: ``transformer.width``); they win over
+    ``seed`` and ``transformer_steps``. The quality table is measured on the CPU."""
+    from varerase.tiny.train import tiny_training_config
     from varerase.tiny.train import train_tiny as run_training
 
     check_seed(seed, "seed", count=3)  # the phases use seed, seed + 1, seed + 2
     check_int(transformer_steps, "transformer_steps", 1)
-    if quick:
-        config = TinyTrainingConfig(seed=seed, train_images=2000, tokenizer_steps=50, detector_steps=50, transformer_steps=50)
-    else:
-        config = TinyTrainingConfig(seed=seed, transformer_steps=transformer_steps)
-    metrics = run_training(out, config, progress=progress)
+    device = check_device(device)
+    quick_budgets = {"train_images": 2000, "tokenizer_steps": 50, "detector_steps": 50, "transformer_steps": 50}
+    budgets = quick_budgets if quick else {"transformer_steps": transformer_steps}
+    config = tiny_training_config(settings, seed=seed, **budgets)
+    check_seed(config.seed, "seed", count=3)
+    metrics = run_training(out, config, progress=progress, device=device)
     return metrics, quality(str(out))

@@ -355,9 +355,20 @@ def train_tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the whole pipeline."),
     transformer_steps: int = typer.Option(4000, "--transformer-steps", help="Transformer training steps."),
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
+    settings: list[str] = typer.Option(
+        [], "--set",
+        help="Any training setting as KEY=VALUE, dotted for the networks' (e.g. --set transformer.width=256 "
+        "--set tokenizer_steps=2400 --set detector.learning_rate=1e-3); repeatable; wins over --seed and --transformer-steps.",
+    ),
+    device: str = typer.Option("cpu", "--device", help="torch device to train on, e.g. cpu or cuda (the quality table runs on the CPU)."),
 ) -> None:
-    """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table."""
-    _, quality = api.train_tiny(out=out, seed=seed, transformer_steps=transformer_steps, quick=quick)
+    """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table.
+
+    Deterministic for a seed, settings and device (a GPU gives other weights than the CPU).
+    """
+    _, quality = api.train_tiny(
+        out=out, seed=seed, transformer_steps=transformer_steps, quick=quick, settings=parse_assignments(settings), device=device,
+    )
     table = Table(title="built-in model quality (held-out prompts)")
     for column in ("measure", "value", "bar", "verdict"):
         table.add_column(column)

@@ -10,21 +10,27 @@ Four phases, each on the synthetic world (``varerase.data.world``):
    so that classifier-free guidance works;
 4. quality — the table of ``varerase.tiny.quality`` on held-out prompts.
 
-The result is a folder that ``load_model(path)`` reads; ``varerase train-tiny --out DIR`` runs it.
+The result is a folder that ``load_model(path)`` reads; ``varerase train-tiny --out DIR`` runs it,
+``--set transformer.width=256`` changes a setting (:func:`tiny_training_config`) and ``--device cuda``
+trains on a GPU. Training is deterministic for a seed, a config and a device; a GPU's kernels give
+other weights than the CPU's.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from varerase.config import dataclass_from_dict
 from varerase.data.world_rendering import WorldConfig, WorldDataset, make_dataset, to_float_images
 from varerase.errors import ConfigError
 from varerase.evaluation.detectors.world_detector import WorldDetector, WorldDetectorConfig, train_world_detector
@@ -85,7 +91,36 @@ class TinyTrainingConfig:
 
     def __post_init__(self) -> None:
         if self.transformer.bits != self.tokenizer.bits:
-            raise ConfigError(f"the transformer predicts {self.transformer.bits} bits per token but the tokenizer has {self.tokenizer.bits}")
+            raise ConfigError(
+                f"the transformer predicts {self.transformer.bits} bits per token but the tokenizer has {self.tokenizer.bits}; "
+                "set both (transformer.bits, tokenizer.bits)"
+            )
+        if [tuple(s) for s in self.transformer.schedule] != TINY_SCHEDULE:
+            # Every phase encodes the world's 32 px images at TINY_SCHEDULE, the tokenizer's 8×8 latent grid.
+            raise ConfigError(f"the built-in model's schedule is fixed at {TINY_SCHEDULE} (the world's 32 px images); transformer.schedule cannot change")
+
+
+SETTING_GROUPS = ("detector", "tokenizer", "transformer")
+
+
+def tiny_training_config(settings: Mapping[str, Any] | None = None, **base: Any) -> TinyTrainingConfig:
+    """``TinyTrainingConfig(**base)`` with ``settings`` laid over it; dotted keys reach the nested
+    configs (``transformer.width``, ``tokenizer.base_channels``, ``detector.learning_rate``).
+
+    Unknown keys and ill-typed values are ConfigErrors naming the key, as are a transformer and a
+    tokenizer whose ``bits`` disagree (set both).
+    """
+    tree = asdict(TinyTrainingConfig(**base))
+    for key, value in (settings or {}).items():
+        *groups, leaf = key.split(".")
+        node = tree
+        for depth, group in enumerate(groups):
+            if not isinstance(node.get(group), dict):
+                where = ".".join(groups[: depth + 1])
+                raise ConfigError(f"train-tiny setting {key!r}: {where!r} is not a group of settings; the groups are {list(SETTING_GROUPS)}")
+            node = node[group]
+        node[leaf] = value
+    return dataclass_from_dict(TinyTrainingConfig, tree, "train-tiny settings")
 
 
 def _set_learning_rate(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int, warmup: int) -> None:
@@ -100,20 +135,20 @@ def _cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bool = True) -> tuple[BitwiseVAE, dict]:
-    """Phase 1: the tiny bitwise VAE. ``images`` uint8 ``[N, 32, 32, 3]``. Returns the VAE and its validation PSNR."""
+def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bool = True, device: torch.device | str = "cpu") -> tuple[BitwiseVAE, dict]:
+    """Phase 1: the tiny bitwise VAE. ``images`` uint8 ``[N, 32, 32, 3]``. Returns the VAE (on ``device``) and its validation PSNR."""
     torch.manual_seed(config.seed)
-    vae = BitwiseVAE(config.tokenizer)
+    vae = BitwiseVAE(config.tokenizer).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.tokenizer_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
-    val = to_float_images(images[-256:]) * 2 - 1
+    val = to_float_images(images[-256:]).to(device) * 2 - 1
     train = images[:-256]
     with progress_bar(progress, with_info=True) as bar:
         task = bar.add_task("tokenizer", total=config.tokenizer_steps, info="")
         for step in range(config.tokenizer_steps):
             _set_learning_rate(optimizer, config.tokenizer_lr, step, config.tokenizer_steps, 50)
             index = torch.randint(len(train), (config.tokenizer_batch,), generator=generator)
-            batch = to_float_images(train[index.numpy()]) * 2 - 1
+            batch = to_float_images(train[index.numpy()]).to(device) * 2 - 1
             reconstruction, _ = vae(batch, TINY_SCHEDULE)
             loss = F.mse_loss(reconstruction, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -128,12 +163,13 @@ def train_tokenizer(images: np.ndarray, config: TinyTrainingConfig, progress: bo
 
 @torch.no_grad()
 def encode_dataset(vae: BitwiseVAE, images: np.ndarray, batch_size: int = 512) -> list[torch.Tensor]:
-    """All images → bit maps per scale, uint8 ``[N, h, w, d]``."""
+    """All images → bit maps per scale, uint8 ``[N, h, w, d]`` on the CPU (encoded on ``vae``'s device)."""
+    device = next(vae.parameters()).device
     per_scale: list[list[torch.Tensor]] = [[] for _ in TINY_SCHEDULE]
     for start in range(0, len(images), batch_size):
-        batch = to_float_images(images[start : start + batch_size]) * 2 - 1
+        batch = to_float_images(images[start : start + batch_size]).to(device) * 2 - 1
         for k, bits in enumerate(vae.encode_maps(batch, TINY_SCHEDULE)):
-            per_scale[k].append(bits.to(torch.uint8))
+            per_scale[k].append(bits.to("cpu", torch.uint8))
     return [torch.cat(chunks) for chunks in per_scale]
 
 
@@ -144,8 +180,10 @@ def train_transformer(
     config: TinyTrainingConfig,
     progress: bool = True,
 ) -> dict:
-    """Phase 3: teacher-forced bitwise CE with condition dropout. Trains ``model.transformer`` in place."""
+    """Phase 3: teacher-forced bitwise CE with condition dropout. Trains ``model.transformer`` in place,
+    on the model's device; ``maps`` (uint8 ``[N, h, w, d]`` per scale) stay on the CPU and go over per batch."""
     transformer = model.transformer
+    device = model.device
     transformer.train().requires_grad_(True)
     decay = [p for p in transformer.parameters() if p.ndim >= 2]
     no_decay = [p for p in transformer.parameters() if p.ndim < 2]
@@ -160,10 +198,10 @@ def train_transformer(
         for step in range(config.transformer_steps):
             _set_learning_rate(optimizer, config.transformer_lr, step, config.transformer_steps, config.transformer_warmup)
             index = torch.randint(len(captions), (config.transformer_batch,), generator=generator)
-            batch_maps = [m[index].long() for m in maps]
+            batch_maps = [m[index].to(device).long() for m in maps]
             with torch.no_grad():
-                cond = model.encode_text([captions[i] for i in index.tolist()])
-            drop = torch.rand(len(index), generator=generator) < config.condition_dropout
+                cond = model.encode_text([captions[i] for i in index.tolist()]).to(device)
+            drop = (torch.rand(len(index), generator=generator) < config.condition_dropout).to(device)
             null = transformer.null_features(cond)
             features = torch.where(drop[:, None, None], null.features, cond.features)
             prepared = transformer.prepare_condition(TextCondition(features, cond.mask))
@@ -180,8 +218,10 @@ def train_transformer(
     return {"final_bit_ce": float(np.mean(losses[-50:]))}
 
 
-def train_detector(world: WorldDataset, vae: BitwiseVAE, config: TinyTrainingConfig, progress: bool = True) -> tuple[WorldDetector, dict]:
-    """Phase 2: the world detector on ``world``'s images and their reconstructions by ``vae``.
+def train_detector(
+    world: WorldDataset, vae: BitwiseVAE, config: TinyTrainingConfig, progress: bool = True, device: torch.device | str = "cpu"
+) -> tuple[WorldDetector, dict]:
+    """Phase 2: the world detector (on ``device``, where ``vae`` is) on ``world``'s images and their reconstructions by ``vae``.
 
     Draws nothing from the global random state (the detector forks it and has its own
     generator), so the transformer phase after it does not depend on the detector's settings.
@@ -193,12 +233,12 @@ def train_detector(world: WorldDataset, vae: BitwiseVAE, config: TinyTrainingCon
 
     return train_world_detector(
         config.detector, world.images, world.labels, reconstruct=reconstruct,
-        steps=config.detector_steps, seed=config.seed, progress=progress,
+        steps=config.detector_steps, seed=config.seed, progress=progress, device=device,
     )
 
 
-def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, progress: bool = True) -> dict:
-    """Run all phases and write the model folder (``config.json``, ``transformer.safetensors``,
+def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, progress: bool = True, device: torch.device | str = "cpu") -> dict:
+    """Run all phases on ``device`` and write the model folder (``config.json``, ``transformer.safetensors``,
     ``vae.safetensors``, ``detector.safetensors``, ``training.json``). Returns the training metrics."""
     config = config or TinyTrainingConfig()
     out_dir = Path(out_dir)
@@ -213,12 +253,12 @@ def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, pr
     console.print(f"world: {len(world.captions)} captioned images in {timings['data']:.1f} s")
 
     start = time.perf_counter()
-    vae, metrics["tokenizer"] = train_tokenizer(world.images, config, progress)
+    vae, metrics["tokenizer"] = train_tokenizer(world.images, config, progress, device)
     timings["tokenizer"] = time.perf_counter() - start
     console.print(f"tokenizer: PSNR {metrics['tokenizer']['val_psnr_db']:.1f} dB in {timings['tokenizer']:.0f} s")
 
     start = time.perf_counter()
-    detector, metrics["detector"] = train_detector(world, vae, config, progress)
+    detector, metrics["detector"] = train_detector(world, vae, config, progress, device)
     timings["detector"] = time.perf_counter() - start
     console.print(f"detector: {metrics['detector']} in {timings['detector']:.0f} s")
 
@@ -226,13 +266,14 @@ def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, pr
     maps = encode_dataset(vae, world.images)
     torch.manual_seed(config.seed + 2)
     encoder = load_minilm(max_length=config.transformer.text_max_length)
-    model = InfinityModel(InfinityTransformer(config.transformer), vae, encoder, default_sampler=TINY_DEFAULT_SAMPLER)
+    model = InfinityModel(InfinityTransformer(config.transformer), vae, encoder, default_sampler=TINY_DEFAULT_SAMPLER).to(device)
     metrics["transformer"] = train_transformer(model, maps, world.captions, config, progress)
     timings["transformer"] = time.perf_counter() - start
     console.print(f"transformer: bit-CE {metrics['transformer']['final_bit_ce']:.4f} in {timings['transformer']:.0f} s")
 
-    model.save_pretrained(out_dir)
-    detector.save(out_dir / "detector.safetensors")
+    model.to("cpu").save_pretrained(out_dir)
+    detector.to("cpu").save(out_dir / "detector.safetensors")
+    metrics["device"] = torch.device(device).type  # the kind only: a GPU's kernels give other weights than the CPU's
     metrics["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     atomic_write_json(metrics, out_dir / "training.json")
     return metrics
