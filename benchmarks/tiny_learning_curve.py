@@ -22,11 +22,9 @@ from varerase.data.world_rendering import WorldConfig, make_dataset
 from varerase.evaluation.detectors.registry import load_world_detector
 from varerase.evaluation.metrics import attribute_hits, wilson_interval
 from varerase.models.infinity.model import InfinityModel
-from varerase.models.infinity.transformer import InfinityTransformer
 from varerase.models.registry import load_model
-from varerase.models.text import load_minilm
 from varerase.tiny.quality import heldout_prompts
-from varerase.tiny.train import TINY_DEFAULT_SAMPLER, encode_dataset, tiny_training_config, train_transformer
+from varerase.tiny.train import TINY_DEFAULT_SAMPLER, encode_dataset, new_tiny_model, tiny_training_config, train_transformer
 
 SAMPLES_PER_PROMPT = 2
 QUALITY_SEED = 1000  # measure_quality's first seed
@@ -59,9 +57,7 @@ def main() -> None:
     for run in args.runs.split(","):
         steps, width = (int(x) for x in run.split("x"))
         config = tiny_training_config({"transformer_steps": steps, "transformer.width": width})
-        torch.manual_seed(config.seed + 2)  # as train_tiny seeds the transformer's initialisation
-        encoder = load_minilm(max_length=config.transformer.text_max_length)
-        model = InfinityModel(InfinityTransformer(config.transformer), shipped.vae, encoder, default_sampler=TINY_DEFAULT_SAMPLER).to(args.device)
+        model = new_tiny_model(config, shipped.vae, args.device)
         started = time.perf_counter()
         metrics = train_transformer(model, maps, world.captions, config, progress=False)
         seconds = time.perf_counter() - started

@@ -100,9 +100,6 @@ class TinyTrainingConfig:
             raise ConfigError(f"the built-in model's schedule is fixed at {TINY_SCHEDULE} (the world's 32 px images); transformer.schedule cannot change")
 
 
-SETTING_GROUPS = ("detector", "tokenizer", "transformer")
-
-
 def tiny_training_config(settings: Mapping[str, Any] | None = None, **base: Any) -> TinyTrainingConfig:
     """``TinyTrainingConfig(**base)`` with ``settings`` laid over it; dotted keys reach the nested
     configs (``transformer.width``, ``tokenizer.base_channels``, ``detector.learning_rate``).
@@ -116,8 +113,8 @@ def tiny_training_config(settings: Mapping[str, Any] | None = None, **base: Any)
         node = tree
         for depth, group in enumerate(groups):
             if not isinstance(node.get(group), dict):
-                where = ".".join(groups[: depth + 1])
-                raise ConfigError(f"train-tiny setting {key!r}: {where!r} is not a group of settings; the groups are {list(SETTING_GROUPS)}")
+                where, known = ".".join(groups[: depth + 1]), [name for name, value in node.items() if isinstance(value, dict)]
+                raise ConfigError(f"train-tiny setting {key!r}: {where!r} is not a group of settings; the groups are {known}")
             node = node[group]
         node[leaf] = value
     return dataclass_from_dict(TinyTrainingConfig, tree, "train-tiny settings")
@@ -218,6 +215,13 @@ def train_transformer(
     return {"final_bit_ce": float(np.mean(losses[-50:]))}
 
 
+def new_tiny_model(config: TinyTrainingConfig, vae: BitwiseVAE, device: torch.device | str = "cpu") -> InfinityModel:
+    """An untrained transformer of ``config`` (initialised from ``config.seed + 2``) with ``vae`` and the MiniLM text encoder, on ``device``."""
+    torch.manual_seed(config.seed + 2)
+    encoder = load_minilm(max_length=config.transformer.text_max_length)
+    return InfinityModel(InfinityTransformer(config.transformer), vae, encoder, default_sampler=TINY_DEFAULT_SAMPLER).to(device)
+
+
 def train_detector(
     world: WorldDataset, vae: BitwiseVAE, config: TinyTrainingConfig, progress: bool = True, device: torch.device | str = "cpu"
 ) -> tuple[WorldDetector, dict]:
@@ -264,9 +268,7 @@ def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, pr
 
     start = time.perf_counter()
     maps = encode_dataset(vae, world.images)
-    torch.manual_seed(config.seed + 2)
-    encoder = load_minilm(max_length=config.transformer.text_max_length)
-    model = InfinityModel(InfinityTransformer(config.transformer), vae, encoder, default_sampler=TINY_DEFAULT_SAMPLER).to(device)
+    model = new_tiny_model(config, vae, device)
     metrics["transformer"] = train_transformer(model, maps, world.captions, config, progress)
     timings["transformer"] = time.perf_counter() - start
     console.print(f"transformer: bit-CE {metrics['transformer']['final_bit_ce']:.4f} in {timings['transformer']:.0f} s")
