@@ -88,6 +88,9 @@ CLI_CASES = {
     "train-tiny unknown setting": (["train-tiny", "--set", "transformer.wdth=3", "--out", "{tmp}/t"], "transformer: unknown setting(s) ['wdth']"),
     "train-tiny setting not a group": (["train-tiny", "--set", "seed.x=1", "--out", "{tmp}/t"], "'seed' is not a group of settings"),
     "train-tiny device": (["train-tiny", "--device", "cuda:x", "--out", "{tmp}/t"], "unknown device 'cuda:x'"),
+    "train-tiny world seed": (["train-tiny", "--set", "world.seed=3", "--out", "{tmp}/t"], "set seed instead"),
+    "train-tiny world size": (["train-tiny", "--set", "world.image_size=48", "--out", "{tmp}/t"], "drawn at 32 px"),
+    "train-tiny world fraction": (["train-tiny", "--set", "world.two_object_fraction=1.5", "--out", "{tmp}/t"], "two_object_fraction must be in [0, 1]"),
     "generate n 0": (["generate", "-p", "a red circle", "-n", "0"], "n must be ≥ 1"),
     # 13: YAML aliases
     "alias bomb in --config": (["erase", "--concept", "circle", "--config", "{tmp}/bomb.yaml", "--out", "{tmp}/r"], "YAML aliases (*a) are not allowed"),

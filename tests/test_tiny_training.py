@@ -8,10 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import varerase.api as ve
+import varerase.tiny.quality
+import varerase.tiny.train
+from varerase.data.world_rendering import WorldConfig
 from varerase.errors import ConfigError
 from varerase.models.infinity.vae import tiny_vae_config
 from varerase.models.registry import load_model
-from varerase.tiny.train import TINY_SCHEDULE, TinyTrainingConfig, tiny_training_config, tiny_transformer_config, train_tiny
+from varerase.tiny.train import TINY_SCHEDULE, TinyTrainingConfig, tiny_training_config, tiny_transformer_config, train_tiny, trained_world
 
 QUICK = TinyTrainingConfig(train_images=600, tokenizer_steps=4, tokenizer_batch=16, detector_steps=4, transformer_steps=3, transformer_batch=8)
 
@@ -51,3 +55,23 @@ def test_settings_reach_the_nested_configs_and_leave_the_rest_at_the_defaults():
     with pytest.raises(ConfigError, match="schedule is fixed"):
         tiny_training_config({"transformer.schedule": [[1, 1], [8, 8]]})
     assert tiny_training_config({"transformer.schedule": [list(s) for s in TINY_SCHEDULE]}) == TinyTrainingConfig()
+    world = tiny_training_config({"world.two_object_fraction": 0.5, "world.max_pair_radius": 0.24}).world
+    assert (world.two_object_fraction, world.max_pair_radius, world.min_pair_radius) == (0.5, 0.24, WorldConfig().min_pair_radius)
+    with pytest.raises(ConfigError, match="set seed instead"):
+        tiny_training_config({"world.seed": 3})
+    with pytest.raises(ConfigError, match="drawn at 32 px"):
+        tiny_training_config({"world.image_size": 48})
+
+
+def test_the_world_setting_draws_the_training_images_and_the_quality_table_uses_it(tmp_path, monkeypatch):
+    drawn, measured = [], []
+    make_dataset = varerase.tiny.train.make_dataset
+    monkeypatch.setattr(varerase.tiny.train, "make_dataset", lambda *args, **kwargs: drawn.append(kwargs["config"]) or make_dataset(*args, **kwargs))
+    world = WorldConfig(two_object_fraction=1.0, min_pair_radius=0.2)
+    train_tiny(tmp_path / "m", dataclasses.replace(QUICK, world=world), progress=False)
+    assert drawn == [world] and trained_world(tmp_path / "m") == world
+    assert trained_world(tmp_path) == WorldConfig()  # no training.json: the default world
+    monkeypatch.setattr(varerase.tiny.quality, "measure_quality", lambda model, detector, **kwargs: measured.append(kwargs["world"]))
+    ve.quality(str(tmp_path / "m"))
+    ve.quality("tiny")
+    assert measured == [world, WorldConfig()]

@@ -33,7 +33,7 @@ from varerase.methods.registry import METHODS, preset_for, registered_method
 from varerase.methods.runner import ISSA_FOLDER, ErasureResult, check_run_folder, run_erasure
 from varerase.models.attention import resolve_backend
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.models.registry import load_model, resolve_mixed_precision
+from varerase.models.registry import TINY_WEIGHTS, load_model, resolve_mixed_precision
 from varerase.runtime.distributed import DistributedContext
 from varerase.runtime.output_folders import build_in_place
 from varerase.runtime.progress import progress_bar
@@ -745,13 +745,19 @@ def benchmark(
 def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path | None = None):
     """The built-in model's quality table (held-out prompts, detector accuracy, speed) for ``model``
     (``tiny`` or a folder written by ``train-tiny``, whose ``detector.safetensors`` is used unless
-    ``detector_path`` is given); returns a :class:`varerase.tiny.quality.QualityReport`."""
+    ``detector_path`` is given); returns a :class:`varerase.tiny.quality.QualityReport`. The
+    detector's rows use fresh images of the world the folder's ``training.json`` records."""
     from varerase.evaluation.detectors.registry import load_world_detector
     from varerase.tiny.quality import measure_quality
+    from varerase.tiny.train import trained_world
 
-    if detector_path is None and isinstance(model, str) and model != "tiny":
-        detector_path = Path(model) / "detector.safetensors"
-    return measure_quality(resolve_model(model), load_world_detector(detector_path))
+    world = None
+    if isinstance(model, str):
+        folder = TINY_WEIGHTS if model == "tiny" else Path(model)
+        world = trained_world(folder)
+        if detector_path is None and model != "tiny":
+            detector_path = folder / "detector.safetensors"
+    return measure_quality(resolve_model(model), load_world_detector(detector_path), world=world)
 
 
 @checked_arguments

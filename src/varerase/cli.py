@@ -357,8 +357,9 @@ def train_tiny(
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
     settings: list[str] = typer.Option(
         [], "--set",
-        help="Any training setting as KEY=VALUE, dotted for the networks' (e.g. --set transformer.width=256 "
-        "--set tokenizer_steps=2400 --set detector.learning_rate=1e-3); repeatable; wins over --seed and --transformer-steps.",
+        help="Any training setting as KEY=VALUE, dotted for the networks' and the world's (e.g. --set transformer.width=256 "
+        "--set tokenizer_steps=2400 --set detector.learning_rate=1e-3 --set world.two_object_fraction=0.5); repeatable; "
+        "wins over --seed and --transformer-steps.",
     ),
     device: str = typer.Option("cpu", "--device", help="torch device to train on, e.g. cpu or cuda (the quality table runs on the CPU)."),
 ) -> None:

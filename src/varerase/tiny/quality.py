@@ -37,7 +37,7 @@ from varerase.data.world import (
     prompt_for,
     with_style,
 )
-from varerase.data.world_rendering import make_dataset, to_float_images
+from varerase.data.world_rendering import WorldConfig, make_dataset, to_float_images
 from varerase.evaluation.detectors.world_detector import WorldDetector, detector_accuracy
 from varerase.evaluation.metrics import attribute_hits
 from varerase.models.base import SamplerConfig, ScaleWiseModel
@@ -113,8 +113,11 @@ def measure_quality(
     samples_per_prompt: int = 2,
     batch_size: int = 64,
     seed: int = 1000,
+    world: WorldConfig | None = None,
 ) -> QualityReport:
-    """Generate ``samples_per_prompt`` images per held-out prompt and score them (see module docstring)."""
+    """Generate ``samples_per_prompt`` images per held-out prompt and score them (see module docstring);
+    the detector's rows and the ceilings use fresh images of ``world`` (default: the default world),
+    the world the model was trained on."""
     sampler = sampler or model.default_sampler
     texts = [p for p in heldout_prompts() for _ in range(samples_per_prompt)]
     images = model.generate_images(texts, [seed + i for i in range(len(texts))], sampler, batch_size)
@@ -124,7 +127,7 @@ def measure_quality(
         rows = [h[measure] for h in hits if measure in h]
         agreement[measure], counts[measure] = sum(rows) / len(rows), len(rows)
     every = sum(all(h.values()) for h in hits) / len(hits)
-    fresh = make_dataset(2000, seed=seed + 77)
+    fresh = make_dataset(2000, seed=seed + 77, config=world)
     fresh_images = to_float_images(fresh.images)
     # The built-in model is an InfinityModel, whose tokenizer round-trip is the VAE's.
     reconstructed = ((model.vae.reconstruct(fresh_images * 2 - 1, model.schedule) + 1) / 2).clamp(0, 1)

@@ -18,6 +18,7 @@ other weights than the CPU's.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -68,6 +69,9 @@ class TinyTrainingConfig:
 
     ``tokenizer`` and ``transformer`` are the two networks' architectures (the shipped ones by
     default); the transformer predicts the tokenizer's bits, so their ``bits`` must agree.
+    ``world`` is how the training images are drawn (``WorldConfig``: object sizes, the share of
+    two-object and styled scenes); its images are drawn from ``seed`` (``world.seed`` is unused
+    and cannot be set) at the schedule's 32 px.
     """
 
     seed: int = 0
@@ -88,6 +92,7 @@ class TinyTrainingConfig:
     condition_dropout: float = 0.1
     tokenizer: BitwiseVAEConfig = field(default_factory=tiny_vae_config)
     transformer: InfinityConfig = field(default_factory=tiny_transformer_config)
+    world: WorldConfig = field(default_factory=WorldConfig)
 
     def __post_init__(self) -> None:
         if self.transformer.bits != self.tokenizer.bits:
@@ -98,17 +103,22 @@ class TinyTrainingConfig:
         if [tuple(s) for s in self.transformer.schedule] != TINY_SCHEDULE:
             # Every phase encodes the world's 32 px images at TINY_SCHEDULE, the tokenizer's 8×8 latent grid.
             raise ConfigError(f"the built-in model's schedule is fixed at {TINY_SCHEDULE} (the world's 32 px images); transformer.schedule cannot change")
+        if self.world.image_size != 32:
+            raise ConfigError(f"the built-in model's world is drawn at 32 px (its schedule's size); world.image_size cannot be {self.world.image_size}")
 
 
 def tiny_training_config(settings: Mapping[str, Any] | None = None, **base: Any) -> TinyTrainingConfig:
     """``TinyTrainingConfig(**base)`` with ``settings`` laid over it; dotted keys reach the nested
-    configs (``transformer.width``, ``tokenizer.base_channels``, ``detector.learning_rate``).
+    configs (``transformer.width``, ``tokenizer.base_channels``, ``detector.learning_rate``,
+    ``world.two_object_fraction``).
 
     Unknown keys and ill-typed values are ConfigErrors naming the key, as are a transformer and a
-    tokenizer whose ``bits`` disagree (set both).
+    tokenizer whose ``bits`` disagree (set both) and ``world.seed`` (the world is drawn from ``seed``).
     """
     tree = asdict(TinyTrainingConfig(**base))
     for key, value in (settings or {}).items():
+        if key == "world.seed":
+            raise ConfigError("train-tiny setting 'world.seed': the training images are drawn from seed; set seed instead")
         *groups, leaf = key.split(".")
         node = tree
         for depth, group in enumerate(groups):
@@ -215,6 +225,15 @@ def train_transformer(
     return {"final_bit_ce": float(np.mean(losses[-50:]))}
 
 
+def trained_world(folder: str | Path) -> WorldConfig:
+    """The ``WorldConfig`` that the ``train-tiny`` folder's images were drawn with, read from its
+    ``training.json``; the default world where the file or its record is missing (folders
+    written before ``world`` was a setting)."""
+    record = Path(folder) / "training.json"
+    settings = json.loads(record.read_text()).get("config", {}).get("world") if record.is_file() else None
+    return WorldConfig() if settings is None else dataclass_from_dict(WorldConfig, settings, f"{record.name}: world")
+
+
 def new_tiny_model(config: TinyTrainingConfig, vae: BitwiseVAE, device: torch.device | str = "cpu") -> InfinityModel:
     """An untrained transformer of ``config`` (initialised from ``config.seed + 2``) with ``vae`` and the MiniLM text encoder, on ``device``."""
     torch.manual_seed(config.seed + 2)
@@ -252,7 +271,7 @@ def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, pr
     metrics: dict = {"config": asdict(config)}
 
     start = time.perf_counter()
-    world = make_dataset(config.train_images, seed=config.seed, split="train", config=WorldConfig(seed=config.seed))
+    world = make_dataset(config.train_images, seed=config.seed, split="train", config=config.world)
     timings["data"] = time.perf_counter() - start
     console.print(f"world: {len(world.captions)} captioned images in {timings['data']:.1f} s")
 
