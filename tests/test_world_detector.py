@@ -132,3 +132,26 @@ def test_training_with_a_tokenizer_reconstructs_once_and_reports_reconstruction_
     assert sum(reconstructed) == 40 + 12
     assert metrics["num_reconstructions"] == 40
     assert set(metrics["accuracy_reconstructed"]) == MEASURES
+
+
+def test_a_retrained_models_folder_is_judged_by_its_own_detector(detector, tmp_path, monkeypatch):
+    import shutil
+
+    import varerase.api as ve
+    from varerase.evaluation.detectors.registry import load_detector, world_detector_path
+    from varerase.models.registry import TINY_WEIGHTS
+
+    folder = tmp_path / "retrained"
+    shutil.copytree(TINY_WEIGHTS, folder)
+    detector.save(folder / "detector.safetensors")  # another detector than the shipped one
+    assert world_detector_path(str(folder)) == folder / "detector.safetensors"
+    assert world_detector_path("tiny") == world_detector_path(tmp_path) == TINY_WEIGHTS / "detector.safetensors"
+    images = render_prompts(["a red circle on a plain background"], [0])
+    own, shipped = load_detector("world", model=str(folder)), load_detector("world")
+    assert torch.equal(own.scores(images)["circle"], detector.scores(images)["circle"])
+    assert not torch.equal(shipped.scores(images)["circle"], detector.scores(images)["circle"])
+    loaded = []
+    load = WorldDetector.load
+    monkeypatch.setattr(WorldDetector, "load", classmethod(lambda cls, path, device="cpu": loaded.append(path) or load(path, device)))
+    ve.issa(str(folder), concept="circle", seeds=1, max_pairs=1, out=tmp_path / "issa", progress=False)
+    assert loaded == [folder / "detector.safetensors"]

@@ -207,6 +207,7 @@ def _sace_scales(
     concepts: Sequence[str],
     at_hand: tuple[Any, Path | None],
     *,
+    model: str | ScaleWiseModel,
     given: bool,
     out: str | Path | None,
     progress: bool,
@@ -217,7 +218,7 @@ def _sace_scales(
     ``at_hand``: :func:`_sace_issa`'s curves and folder; they count only when they analysed this
     model and concept (``given`` with ``--issa``: anything else is refused). ``scales=auto`` takes
     §4's rule from them, else runs a small ISSA (:data:`AUTO_ISSA_SEEDS` seeds ×
-    :data:`AUTO_ISSA_PAIRS` pairs, the built-in world's detector) and writes it into ``out/issa``.
+    :data:`AUTO_ISSA_PAIRS` pairs, the world detector of ``model``, the model as given) and writes it into ``out/issa``.
     ``scales=0`` with ISSA showing that scale 0 prevents less than half of the concept warns
     (:class:`VarEraseWarning`), before any training.
     """
@@ -244,7 +245,8 @@ def _sace_scales(
     if curves is None:
         chosen = _evenly_spaced(prompt_pairs, AUTO_ISSA_PAIRS)
         issa_out = Path(out) / ISSA_FOLDER if out is not None else None
-        analysis = (loaded, chosen, load_detector("world", list(concepts)), concepts[0], sampler_for(loaded), list(range(AUTO_ISSA_SEEDS)))
+        detector = load_detector("world", list(concepts), model=model)
+        analysis = (loaded, chosen, detector, concepts[0], sampler_for(loaded), list(range(AUTO_ISSA_SEEDS)))
         result = run_issa(*analysis, issa_out, progress, context) if issa_out is not None else compute_issa(*analysis, progress, context)
         curves, source = result.curves(), issa_out or f"a {AUTO_ISSA_SEEDS}-seed ISSA of {len(chosen)} pairs"
     last = curves.recommended_last_scale
@@ -297,7 +299,7 @@ def _erase_loaded(
     if method == "sace":
         at_hand = _sace_issa(method, settings[1], model, concepts, issa, out)
         settings, chosen = _sace_scales(
-            loaded, settings, prompt_pairs, concepts, at_hand, given=issa is not None, out=out, progress=progress,
+            loaded, settings, prompt_pairs, concepts, at_hand, model=model, given=issa is not None, out=out, progress=progress,
             context=context or DistributedContext.from_environment(),
         )
         record.update(chosen)
@@ -505,7 +507,7 @@ def evaluate(
     check_evaluation_folder(out)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, options=options)
-    scorer = load_detector(detector, list(concepts), clip_model, threshold)
+    scorer = load_detector(detector, list(concepts), clip_model, threshold, model=model)
     measured = list(concepts) or list(scorer.concepts)
     edited = load_edit(loaded, edit, force=force_edit) if edit is not None else None
     sampler = sampler_for(loaded, **sampling)
@@ -572,7 +574,7 @@ def attack(
     check_detector(detector)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, edit, options, force_edit)
-    scorer = load_detector(detector, [concept], clip_model)
+    scorer = load_detector(detector, [concept], clip_model, model=model)
     return run_attack(name, loaded, concept, scorer, sampler_for(loaded), out, config, progress, context)
 
 
@@ -607,7 +609,7 @@ def issa(
     chosen = _evenly_spaced(world_concept_prompts([concept]).pairs, max_pairs)
     context, options = _join_ranks(model_options)
     loaded = resolve_model(model, edit, options, force_edit)
-    scorer = load_detector(detector, [concept], clip_model) if detector else None
+    scorer = load_detector(detector, [concept], clip_model, model=model) if detector else None
     return run_issa(loaded, chosen, scorer, concept if scorer else None, sampler_for(loaded), list(range(seeds)), out, progress, context)
 
 
@@ -664,7 +666,8 @@ def benchmark(
     held-out prompts for a shape or colour, 72 for a background, 36 for a style; 36
     co-occurrence prompts for a shape or colour) and ≥ 1,944 retain images (216–252 prompts,
     ≤ 36 paraphrase prompts); small values make a smoke run. The paraphrase group is
-    filtered once per concept by the original model. ``preset`` applies to every method that has it (default: the preset rule
+    filtered once per concept by the original model, and every image is judged by ``model``'s world
+    detector (a ``train-tiny`` folder's own, else the shipped one). ``preset`` applies to every method that has it (default: the preset rule
     of :func:`erase`). The original model's images are drawn once per concept and reused for
     every method. Writes ``results.json`` (the rows), ``results.md`` (table, legend and wall
     time), ``benchmark.json`` (settings, the paraphrase filters and the wall time) and
@@ -673,7 +676,7 @@ def benchmark(
     DDP and the evaluations share their generation.
     """
     from varerase.evaluation.benchmark_table import benchmark_row, markdown_table, plot_tradeoff
-    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.evaluation.detectors.registry import load_world_detector, world_detector_path
     from varerase.evaluation.evaluate import ReferenceImages
     from varerase.evaluation.evaluate import evaluate as run_evaluation
     from varerase.evaluation.ground_truth import world_ground_truth
@@ -699,7 +702,7 @@ def benchmark(
     context, options = _join_ranks(model_options)
     progress = progress and context.is_main
     loaded = resolve_model(model, options=options)
-    detector = load_world_detector()
+    detector = load_world_detector(world_detector_path(model))
     rows, filters = [], {}
     for concept in concepts:
         prompts = world_concept_prompts([concept])
@@ -747,17 +750,13 @@ def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path |
     (``tiny`` or a folder written by ``train-tiny``, whose ``detector.safetensors`` is used unless
     ``detector_path`` is given); returns a :class:`varerase.tiny.quality.QualityReport`. The
     detector's rows use fresh images of the world the folder's ``training.json`` records."""
-    from varerase.evaluation.detectors.registry import load_world_detector
+    from varerase.evaluation.detectors.registry import load_world_detector, world_detector_path
     from varerase.tiny.quality import measure_quality
     from varerase.tiny.train import trained_world
 
-    world = None
-    if isinstance(model, str):
-        folder = TINY_WEIGHTS if model == "tiny" else Path(model)
-        world = trained_world(folder)
-        if detector_path is None and model != "tiny":
-            detector_path = folder / "detector.safetensors"
-    return measure_quality(resolve_model(model), load_world_detector(detector_path), world=world)
+    world = trained_world(TINY_WEIGHTS if model == "tiny" else Path(model)) if isinstance(model, str) else None
+    detector = load_world_detector(detector_path or world_detector_path(model))
+    return measure_quality(resolve_model(model), detector, world=world)
 
 
 @checked_arguments

@@ -55,7 +55,10 @@ PRESET_HELP = (
     f"Method settings preset: {', '.join(api.PRESET_NAMES)} ('reference': the official S-VARE settings; "
     "'tiny': tuned on the built-in model, used by default with --model tiny)."
 )
-DETECTOR_HELP = f"Detector: {', '.join(api.detector_names())} (nudenet needs the extra varerase[nudity]; clip needs --clip-model)."
+DETECTOR_HELP = (
+    f"Detector: {', '.join(api.detector_names())} (world: a train-tiny folder's own with --model DIR, else the shipped one; "
+    "nudenet needs the extra varerase[nudity]; clip needs --clip-model)."
+)
 PARALLEL_HELP = (
     "Under torchrun: 'ddp' keeps the whole edit on every GPU; 'fsdp' shards the edit, its gradients and optimiser state "
     "(FSDP2), for models whose edit does not fit (docs/distributed.md)."

@@ -19,6 +19,15 @@ def load_world_detector(path: str | Path | None = None) -> WorldDetector:
     return WorldDetector.load(path)
 
 
+def world_detector_path(model: object = "tiny") -> Path:
+    """The world detector that judges ``model``: a ``train-tiny`` folder's own ``detector.safetensors``
+    (trained on that folder's world and tokenizer reconstructions), else the shipped one (the
+    built-in model, the official models and models given as objects)."""
+    if isinstance(model, (str, Path)) and str(model) != "tiny" and (Path(model) / "detector.safetensors").is_file():
+        return Path(model) / "detector.safetensors"
+    return TINY_WEIGHTS / "detector.safetensors"
+
+
 DETECTORS = ("world", "nudenet", "clip")
 
 
@@ -32,11 +41,14 @@ def check_detector(name: object, threshold: object = None) -> None:
         check_threshold(threshold)
 
 
-def load_detector(name: str, concepts: list[str] | None = None, clip_model: str | None = None, threshold: float | None = None):
-    """A detector by name: ``world`` (built in), ``nudenet`` (extra ``varerase[nudity]``), ``clip`` (needs ``clip_model``)."""
+def load_detector(
+    name: str, concepts: list[str] | None = None, clip_model: str | None = None, threshold: float | None = None, model: object = "tiny"
+):
+    """A detector by name: ``world`` (built in; the one of :func:`world_detector_path` for ``model``,
+    the model it is to judge), ``nudenet`` (extra ``varerase[nudity]``), ``clip`` (needs ``clip_model``)."""
     check_detector(name, threshold)
     if name == "world":
-        detector = load_world_detector()
+        detector = load_world_detector(world_detector_path(model))
     elif name == "nudenet":
         from varerase.evaluation.detectors.nudenet_detector import NudeNetDetector
 
