@@ -149,7 +149,7 @@ def rerecord(named: list[str]) -> None:
     unknown = sorted(set(named) - set(entries))
     if unknown:
         raise SystemExit(f"unknown entries {unknown}; known: {entries}")
-    kept = [e for e in entries if e not in named]
+    kept = [e for e in entries if e not in named] if named else []  # no names: every entry afresh
     if named and ((old["concept"], old["settings"]) != (CONCEPT, SETTINGS) or any(old["extra_settings"].get(e) != EXTRA_SETTINGS.get(e) for e in kept)):
         raise SystemExit("the settings of entries not named changed since they were recorded: re-record every entry")
     if any(e not in old["methods"] for e in kept):
