@@ -360,6 +360,16 @@ def test_target_prompts_never_enter_a_preservation_distance(tmp_path):
     assert result["settings"]["ground_truth"] == {"source": "grey squares", "groups": ["retain"]}
 
 
+def test_ground_truth_renders_the_models_world():
+    from varerase.data.world_rendering import WorldConfig, render_prompts
+
+    prompts, seeds = ["a red circle and a blue square on a plain background"], [3]
+    larger = WorldConfig(min_pair_radius=0.24, max_pair_radius=0.25)
+    assert torch.equal(world_ground_truth(world=larger).render(prompts, seeds, 32), render_prompts(prompts, seeds, larger))
+    assert torch.equal(world_ground_truth().render(prompts, seeds, 32), render_prompts(prompts, seeds))
+    assert not torch.equal(render_prompts(prompts, seeds, larger), render_prompts(prompts, seeds))
+
+
 def test_ground_truth_distances_use_world_renders_of_the_same_captions(tmp_path):
     from varerase.data.world_rendering import render_prompts
 

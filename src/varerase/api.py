@@ -520,7 +520,7 @@ def evaluate(
         metrics = run_evaluation(
             edited or loaded, groups, scorer, sampler, samples_per_prompt, batch_size, seed, folder,
             measured, reference_model=loaded if edited is not None else None, progress=progress, context=context,
-            ground_truth=world_ground_truth() if world and detector == "world" else None, records=records,
+            ground_truth=world_ground_truth(world=_model_world(model)) if world and detector == "world" else None, records=records,
         )
         if context.is_main:
             build_report(folder)
@@ -723,7 +723,7 @@ def benchmark(
             with build_in_place(run_dir / "eval", writes=context.is_main) as folder:
                 metrics = run_evaluation(
                     result.model, groups, detector, loaded.default_sampler, samples_per_prompt, 48, 0, folder, [concept],
-                    reference_model=loaded, progress=progress, context=context, ground_truth=world_ground_truth(), records=records,
+                    reference_model=loaded, progress=progress, context=context, ground_truth=world_ground_truth(world=_model_world(model)), records=records,
                     reference_images=original_images,
                 )
             row = benchmark_row(concept, variant.label, metrics, result.metrics)
@@ -752,11 +752,16 @@ def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path |
     detector's rows use fresh images of the world the folder's ``training.json`` records."""
     from varerase.evaluation.detectors.registry import load_world_detector, world_detector_path
     from varerase.tiny.quality import measure_quality
+
+    detector = load_world_detector(detector_path or world_detector_path(model))
+    return measure_quality(resolve_model(model), detector, world=_model_world(model))
+
+
+def _model_world(model: str | ScaleWiseModel):
+    """The world ``model`` was trained on: a ``train-tiny`` folder's record, else (None for objects) the default world."""
     from varerase.tiny.train import trained_world
 
-    world = trained_world(TINY_WEIGHTS if model == "tiny" else Path(model)) if isinstance(model, str) else None
-    detector = load_world_detector(detector_path or world_detector_path(model))
-    return measure_quality(resolve_model(model), detector, world=world)
+    return trained_world(TINY_WEIGHTS if model == "tiny" else Path(model)) if isinstance(model, str) else None
 
 
 @checked_arguments

@@ -7,6 +7,8 @@ describe, where FID against the original model's images measures only how far th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -28,12 +30,13 @@ class GroundTruth:
     source: str
 
 
-def _render_world(prompts: Sequence[str], seeds: Sequence[int], size: int) -> torch.Tensor:
-    return render_prompts(prompts, seeds, WorldConfig(image_size=size))
+def _render_world(world: WorldConfig, prompts: Sequence[str], seeds: Sequence[int], size: int) -> torch.Tensor:
+    return render_prompts(prompts, seeds, dataclasses.replace(world, image_size=size))
 
 
-def world_ground_truth(groups: Sequence[str] = ("retain", "anchor")) -> GroundTruth:
-    """The world's renders of each caption (object placed from the row's seed) for ``groups``:
-    by default the preservation groups, never the target prompts, where a change is the goal."""
+def world_ground_truth(groups: Sequence[str] = ("retain", "anchor"), world: WorldConfig | None = None) -> GroundTruth:
+    """The renders of each caption in ``world`` (default: the default world; the model's own for a
+    ``train-tiny`` folder), the object placed from the row's seed, for ``groups``: by default the
+    preservation groups, never the target prompts, where a change is the goal."""
     source = "world renders of the same captions (varerase.data.world_rendering.render_prompts, placement from the row seed)"
-    return GroundTruth(_render_world, tuple(groups), source)
+    return GroundTruth(functools.partial(_render_world, world or WorldConfig()), tuple(groups), source)
