@@ -33,7 +33,7 @@ from varerase.methods.registry import METHODS, preset_for, registered_method
 from varerase.methods.runner import ISSA_FOLDER, ErasureResult, check_run_folder, run_erasure
 from varerase.models.attention import resolve_backend
 from varerase.models.base import SamplerConfig, ScaleWiseModel
-from varerase.models.registry import TINY_WEIGHTS, load_model, resolve_mixed_precision
+from varerase.models.registry import load_model, model_folder, resolve_mixed_precision
 from varerase.runtime.distributed import DistributedContext
 from varerase.runtime.output_folders import build_in_place
 from varerase.runtime.progress import progress_bar
@@ -703,6 +703,7 @@ def benchmark(
     progress = progress and context.is_main
     loaded = resolve_model(model, options=options)
     detector = load_world_detector(world_detector_path(model))
+    truth = world_ground_truth(world=_model_world(model))
     rows, filters = [], {}
     for concept in concepts:
         prompts = world_concept_prompts([concept])
@@ -723,7 +724,7 @@ def benchmark(
             with build_in_place(run_dir / "eval", writes=context.is_main) as folder:
                 metrics = run_evaluation(
                     result.model, groups, detector, loaded.default_sampler, samples_per_prompt, 48, 0, folder, [concept],
-                    reference_model=loaded, progress=progress, context=context, ground_truth=world_ground_truth(world=_model_world(model)), records=records,
+                    reference_model=loaded, progress=progress, context=context, ground_truth=truth, records=records,
                     reference_images=original_images,
                 )
             row = benchmark_row(concept, variant.label, metrics, result.metrics)
@@ -758,10 +759,11 @@ def quality(model: str | ScaleWiseModel = "tiny", *, detector_path: str | Path |
 
 
 def _model_world(model: str | ScaleWiseModel):
-    """The world ``model`` was trained on: a ``train-tiny`` folder's record, else (None for objects) the default world."""
+    """The world ``model`` was trained on: its folder's ``training.json`` record, else the default world."""
     from varerase.tiny.train import trained_world
 
-    return trained_world(TINY_WEIGHTS if model == "tiny" else Path(model)) if isinstance(model, str) else None
+    folder = model_folder(model)
+    return trained_world(folder) if folder is not None else None
 
 
 @checked_arguments

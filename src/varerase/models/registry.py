@@ -61,6 +61,14 @@ def _hub_file(name: str) -> Path:
     return Path(snapshot_download(INFINITY_HUB_REPO, allow_patterns=[f"{name}/*"])) / name
 
 
+def model_folder(name_or_path: object) -> Path | None:
+    """The folder a model loads from, where its training records are: the shipped weights for
+    ``tiny``, the folder itself for a path; None for the official models' names and for objects."""
+    if name_or_path == "tiny":
+        return TINY_WEIGHTS
+    return Path(name_or_path) if isinstance(name_or_path, (str, Path)) and Path(name_or_path).is_dir() else None
+
+
 def load_model(
     name_or_path: str = "tiny",
     *,

@@ -8,7 +8,7 @@ from pathlib import Path
 from varerase.errors import ConfigError
 from varerase.evaluation.detectors.base import check_threshold
 from varerase.evaluation.detectors.world_detector import WorldDetector
-from varerase.models.registry import TINY_WEIGHTS
+from varerase.models.registry import TINY_WEIGHTS, model_folder
 
 
 def load_world_detector(path: str | Path | None = None) -> WorldDetector:
@@ -20,11 +20,13 @@ def load_world_detector(path: str | Path | None = None) -> WorldDetector:
 
 
 def world_detector_path(model: object = "tiny") -> Path:
-    """The world detector that judges ``model``: a ``train-tiny`` folder's own ``detector.safetensors``
-    (trained on that folder's world and tokenizer reconstructions), else the shipped one (the
-    built-in model, the official models and models given as objects)."""
-    if isinstance(model, (str, Path)) and str(model) != "tiny" and (Path(model) / "detector.safetensors").is_file():
-        return Path(model) / "detector.safetensors"
+    """The world detector that judges ``model``: its folder's own ``detector.safetensors``
+    (:func:`varerase.models.registry.model_folder`; a ``train-tiny`` folder's is trained on its
+    world and tokenizer reconstructions), else the shipped one (the official models, models given
+    as objects)."""
+    folder = model_folder(model)
+    if folder is not None and (folder / "detector.safetensors").is_file():
+        return folder / "detector.safetensors"
     return TINY_WEIGHTS / "detector.safetensors"
 
 
