@@ -10,7 +10,7 @@ from varerase.evaluation.detectors.registry import load_world_detector
 from varerase.evaluation.detectors.world_detector import detector_accuracy
 from varerase.evaluation.metrics import attribute_hits, prompt_following
 from varerase.models.registry import load_model
-from varerase.tiny.quality import heldout_prompts
+from varerase.tiny.quality import PROMPT_KINDS, QualityReport, heldout_prompt_groups, heldout_prompts
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,19 @@ def test_fingerprint_is_the_same_at_any_thread_count_and_sees_one_changed_weight
     with torch.no_grad():
         weight.view(-1)[1] += 1e-3  # between the strided sample's elements: only the checksum sees it
     assert model.fingerprint() != names[0]
+
+
+def test_quality_table_gives_intervals_and_the_shape_per_kind_of_prompt():
+    groups = heldout_prompt_groups()
+    assert {kind: len(group) for kind, group in groups.items()} == dict(zip(PROMPT_KINDS, (288, 144, 72)))
+    assert heldout_prompts() == [prompt for group in groups.values() for prompt in group]
+    counts = {"shape": 1008, "colour": 1008, "background": 1008, "style": 1008, "objects": 144}
+    correct = {"shape": 931, "colour": 1004, "background": 1004, "style": 1006, "objects": 124}
+    by_kind = {PROMPT_KINDS[0]: (575, 576), PROMPT_KINDS[1]: (233, 288), PROMPT_KINDS[2]: (123, 144)}
+    report = QualityReport(correct, counts, by_kind, 0.9, {"shape": 1.0}, {"shape": 0.99}, 0.6, {}, 0)
+    rows = {row[0]: row[1:] for row in report.rows()}
+    # 124 of 144 is 86.1 %: above the 85 % bar, but its interval (79.5–90.8 %) reaches below it.
+    assert rows["both objects right (two-object prompts) (144 images)"] == ("86.1% [79.5–90.8]", "≥ 85%", "met (its interval reaches below)")
+    assert rows["shape agreement (1008 images)"][2] == "met"
+    assert rows["shape agreement, one object, styled (288 images)"][0] == "80.9% [76.0–85.0]"
+    assert report.agreement["objects"] == 124 / 144

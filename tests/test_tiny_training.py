@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -32,6 +33,56 @@ def test_same_seed_gives_the_same_weights_and_the_folder_loads(tmp_path):
     model = load_model(str(tmp_path / "a"))
     images = model.generate(model.encode_text(["a red star"]), model.default_sampler, seed=0).images
     assert images.shape == (1, 3, 32, 32)
+
+
+class Interrupted(Exception):
+    """Stands for a run killed part-way."""
+
+
+def test_an_interrupted_run_resumes_from_its_saved_phases_and_steps_to_the_same_weights(tmp_path, monkeypatch):
+    config = dataclasses.replace(QUICK, transformer_steps=6)
+    unbroken = train_tiny(tmp_path / "a", config, progress=False, checkpoint_every=2)
+    calls = {"tokenizer": 0, "detector": 0}
+    train_tokenizer, train_detector, set_lr = varerase.tiny.train.train_tokenizer, varerase.tiny.train.train_detector, varerase.tiny.train._set_learning_rate
+
+    def tokenizer(*args, **kwargs):
+        calls["tokenizer"] += 1
+        return train_tokenizer(*args, **kwargs)
+
+    def detector_killed_once(*args, **kwargs):
+        calls["detector"] += 1
+        if calls["detector"] == 1:
+            raise Interrupted
+        return train_detector(*args, **kwargs)
+
+    def killed_at_step_5(optimizer, peak, step, total, warmup):
+        if step == 4 and not getattr(killed_at_step_5, "done", False):
+            killed_at_step_5.done = True
+            raise Interrupted
+        set_lr(optimizer, peak, step, total, warmup)
+
+    monkeypatch.setattr(varerase.tiny.train, "train_tokenizer", tokenizer)
+    monkeypatch.setattr(varerase.tiny.train, "train_detector", detector_killed_once)
+    monkeypatch.setattr(varerase.tiny.train, "_set_learning_rate", killed_at_step_5)
+    with pytest.raises(Interrupted):  # killed in the detector phase: the tokenizer is saved
+        train_tiny(tmp_path / "b", config, progress=False, checkpoint_every=2)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train_tiny(tmp_path / "b", config, progress=False)
+    with pytest.raises(ConfigError, match=r"other settings \(transformer_steps\)"):
+        train_tiny(tmp_path / "b", dataclasses.replace(config, transformer_steps=7), progress=False, resume=True)
+    with pytest.raises(Interrupted):  # killed at step 5 of 6: steps 1-4 are saved
+        train_tiny(tmp_path / "b", config, progress=False, resume=True, checkpoint_every=2)
+    saved = json.loads(next((tmp_path / "b" / "state").glob("step-*/progress.json")).read_text())
+    assert len(saved["losses"]) == 4 and set(saved["metrics"]) == {"tokenizer", "detector"}
+    resumed = train_tiny(tmp_path / "b", config, progress=False, resume=True, checkpoint_every=2)
+    assert calls == {"tokenizer": 1, "detector": 2}  # each finished phase ran once
+    for weights in ("transformer.safetensors", "vae.safetensors", "detector.safetensors"):
+        a, b = load_file(tmp_path / "a" / weights), load_file(tmp_path / "b" / weights)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+    assert resumed["transformer"] == unbroken["transformer"] and resumed["resumes"] == 2
+    assert not (tmp_path / "b" / "state").exists() and str(tmp_path) not in (tmp_path / "b" / "training.json").read_text()
+    with pytest.raises(ConfigError, match="finished model"):
+        train_tiny(tmp_path / "b", config, progress=False, resume=True)
 
 
 def test_the_tokenizer_is_configurable_and_must_match_the_transformers_bits(tmp_path):

@@ -769,13 +769,15 @@ def _model_world(model: str | ScaleWiseModel):
 @checked_arguments
 def train_tiny(
     *, out: str | Path, seed: int = 0, transformer_steps: int = 4000, quick: bool = False,
-    settings: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
+    settings: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True, resume: bool = False,
 ):
     """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out`` on ``device``;
     returns ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny
     budgets (poor quality). ``settings``: :class:`varerase.tiny.train.TinyTrainingConfig` fields laid
     over those (dotted keys for the nested configs: ``transformer.width``); they win over
-    ``seed`` and ``transformer_steps``. The quality table is measured on the CPU."""
+    ``seed`` and ``transformer_steps``. ``resume``: continue an interrupted run in ``out`` (same
+    settings and device kind) from its last saved state, to the same weights. The quality table
+    is measured on the CPU."""
     from varerase.tiny.train import tiny_training_config
     from varerase.tiny.train import train_tiny as run_training
 
@@ -786,5 +788,5 @@ def train_tiny(
     budgets = quick_budgets if quick else {"transformer_steps": transformer_steps}
     config = tiny_training_config(settings, seed=seed, **budgets)
     check_seed(config.seed, "seed", count=3)
-    metrics = run_training(out, config, progress=progress, device=device)
+    metrics = run_training(out, config, progress=progress, device=device, resume=resume)
     return metrics, quality(str(out))

@@ -365,13 +365,20 @@ def train_tiny(
         "wins over --seed and --transformer-steps.",
     ),
     device: str = typer.Option("cpu", "--device", help="torch device to train on, e.g. cpu or cuda (the quality table runs on the CPU)."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Continue an interrupted run in --out from its last saved state (OUT/state/: each finished phase and every 200 "
+        "transformer steps), with the same settings and device; gives the same weights as an unbroken run.",
+    ),
 ) -> None:
     """Retrain the built-in tiny model (world, tokenizer, detector, transformer) and print its quality table.
 
-    Deterministic for a seed, settings and device (a GPU gives other weights than the CPU).
+    Deterministic for a seed, settings and device (a GPU gives other weights than the CPU). A run
+    stopped part-way continues with the same command and --resume.
     """
     _, quality = api.train_tiny(
         out=out, seed=seed, transformer_steps=transformer_steps, quick=quick, settings=parse_assignments(settings), device=device,
+        resume=resume,
     )
     table = Table(title="built-in model quality (held-out prompts)")
     for column in ("measure", "value", "bar", "verdict"):

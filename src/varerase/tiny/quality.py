@@ -6,7 +6,9 @@ background rotating; and two-object prompts over the held-out shape pairs (never
 in training), the colours and background rotating. An image agrees with its prompt on an
 attribute when the world detector sees the value the prompt names
 (``WorldDetector.attribute_hits``); "both objects" counts the two-object images whose two
-(shape, colour) pairs are both right, and no more objects are drawn.
+(shape, colour) pairs are both right, and no more objects are drawn. Each agreement comes with
+its 95 % Wilson interval, and the shape's also per kind of prompt (one object unstyled, one object
+styled, two objects), since a retrain can trade one kind for another.
 
 Two ceilings say where a two-object miss comes from (:func:`two_object_ceilings`): on fresh
 two-object world images, "both objects right" on their tokenizer reconstructions (what a perfect
@@ -39,7 +41,7 @@ from varerase.data.world import (
 )
 from varerase.data.world_rendering import WorldConfig, make_dataset, to_float_images
 from varerase.evaluation.detectors.world_detector import WorldDetector, detector_accuracy
-from varerase.evaluation.metrics import attribute_hits
+from varerase.evaluation.metrics import attribute_hits, wilson_interval
 from varerase.models.base import SamplerConfig, ScaleWiseModel
 from varerase.models.sampling import cfg_combine
 
@@ -50,14 +52,19 @@ BARS = {
 }
 MEASURES = ("shape", "colour", "background", "style", "objects")
 _LABELS = {"objects": "both objects right (two-object prompts)"}
+# The kinds of held-out prompt, in heldout_prompts' order; the table gives each kind's shape agreement.
+PROMPT_KINDS = ("one object, unstyled", "one object, styled", "two objects")
 
 
 @dataclass
 class QualityReport:
-    """``agreement`` and ``images``: per measure of ``MEASURES``, the rate and its number of images."""
+    """``correct`` and ``images``: per measure of ``MEASURES``, the images that agree with their
+    prompt and the images scored; ``shape_by_kind``: per ``PROMPT_KINDS`` entry, (agreeing, scored)
+    for the shape."""
 
-    agreement: dict[str, float]
+    correct: dict[str, int]
     images: dict[str, int]
+    shape_by_kind: dict[str, tuple[int, int]]
     all_attributes: float
     detector_accuracy: dict[str, float]
     detector_accuracy_reconstructed: dict[str, float]
@@ -65,13 +72,22 @@ class QualityReport:
     two_object_ceilings: dict[str, float]
     two_object_images: int
 
+    @property
+    def agreement(self) -> dict[str, float]:
+        """Per measure, the share of scored images that agree with their prompt."""
+        return {measure: self.correct[measure] / self.images[measure] for measure in MEASURES}
+
     def rows(self) -> list[tuple[str, str, str, str]]:
-        """(measure, value, bar, verdict) rows of the table."""
+        """(measure, value, bar, verdict) rows of the table; agreement values carry their 95 % Wilson interval."""
         rows = []
         for measure in MEASURES:
-            value, bar = self.agreement[measure], BARS[measure]
+            correct, n, bar = self.correct[measure], self.images[measure], BARS[measure]
             label = _LABELS.get(measure, f"{measure} agreement")
-            rows.append((f"{label} ({self.images[measure]} images)", f"{value:.1%}", f"≥ {bar:.0%}", _verdict(value, bar)))
+            low = wilson_interval(correct, n)[0]
+            verdict = _verdict(correct / n, bar) + (" (its interval reaches below)" if low < bar <= correct / n else "")
+            rows.append((f"{label} ({n} images)", _rate(correct, n), f"≥ {bar:.0%}", verdict))
+        for kind, (correct, n) in self.shape_by_kind.items():
+            rows.append((f"shape agreement, {kind} ({n} images)", _rate(correct, n), "–", "–"))
         rows.append(("every named attribute", f"{self.all_attributes:.1%}", "–", "–"))
         for what, accuracy in (("fresh world images", self.detector_accuracy), ("their tokenizer reconstructions", self.detector_accuracy_reconstructed)):
             head, worst = min(accuracy.items(), key=lambda item: item[1])
@@ -83,26 +99,38 @@ class QualityReport:
         return rows
 
 
+def _rate(correct: int, n: int) -> str:
+    low, high = wilson_interval(correct, n)
+    return f"{correct / n:.1%} [{100 * low:.1f}–{100 * high:.1f}]"
+
+
 def _verdict(value: float, bar: float) -> str:
     return "met" if value >= bar else f"missed by {bar - value:.1%}"
 
 
-def heldout_prompts() -> list[str]:
-    """The held-out prompts of the module docstring, in a fixed order (288 unstyled, 144 styled, 72 two-object)."""
-    prompts = [
+def heldout_prompt_groups() -> dict[str, list[str]]:
+    """The held-out prompts of the module docstring per ``PROMPT_KINDS`` entry, each in a fixed
+    order: 288 one-object unstyled, 144 one-object styled, 72 two-object."""
+    unstyled = [
         prompt_for(shape=shape, colour=colour, background=background, template=template)
         for shape, colour, background in product(SHAPES, COLOURS, BACKGROUNDS)
         for template in HELDOUT_TEMPLATES
     ]
-    styled = [style for style in STYLES if style != UNSTYLED]
-    for turn, (style, shape, colour) in enumerate(product(styled, SHAPES, COLOURS)):
+    styled = []
+    for turn, (style, shape, colour) in enumerate(product([s for s in STYLES if s != UNSTYLED], SHAPES, COLOURS)):
         scene = prompt_for(shape=shape, colour=colour, background=BACKGROUNDS[turn % len(BACKGROUNDS)], template=HELDOUT_TEMPLATES[turn % 2])
-        prompts.append(with_style(scene, style, STYLE_HELDOUT_TEMPLATES[0]))
+        styled.append(with_style(scene, style, STYLE_HELDOUT_TEMPLATES[0]))
     colour_pairs = [(a, b) for a in COLOURS for b in COLOURS if a != b]
+    pairs = []
     for turn, ((left, right), _) in enumerate(product(sorted(HELDOUT_SHAPE_PAIRS), range(12))):
         first, second = colour_pairs[(turn * 7) % len(colour_pairs)]
-        prompts.append(pair_prompt((first, left), (second, right), BACKGROUNDS[turn % len(BACKGROUNDS)], PAIR_HELDOUT_TEMPLATES[0]))
-    return prompts
+        pairs.append(pair_prompt((first, left), (second, right), BACKGROUNDS[turn % len(BACKGROUNDS)], PAIR_HELDOUT_TEMPLATES[0]))
+    return dict(zip(PROMPT_KINDS, (unstyled, styled, pairs)))
+
+
+def heldout_prompts() -> list[str]:
+    """Every held-out prompt, the groups of :func:`heldout_prompt_groups` one after another (504 in all)."""
+    return [prompt for group in heldout_prompt_groups().values() for prompt in group]
 
 
 @torch.no_grad()
@@ -119,13 +147,19 @@ def measure_quality(
     the detector's rows and the ceilings use fresh images of ``world`` (default: the default world),
     the world the model was trained on."""
     sampler = sampler or model.default_sampler
-    texts = [p for p in heldout_prompts() for _ in range(samples_per_prompt)]
+    groups = heldout_prompt_groups()
+    kinds = [kind for kind, group in groups.items() for prompt in group for _ in range(samples_per_prompt)]
+    texts = [prompt for group in groups.values() for prompt in group for _ in range(samples_per_prompt)]
     images = model.generate_images(texts, [seed + i for i in range(len(texts))], sampler, batch_size)
     hits = attribute_hits(detector, images, texts)
-    agreement, counts = {}, {}
+    correct, counts = {}, {}
     for measure in MEASURES:
         rows = [h[measure] for h in hits if measure in h]
-        agreement[measure], counts[measure] = sum(rows) / len(rows), len(rows)
+        correct[measure], counts[measure] = sum(rows), len(rows)
+    shape_by_kind = {}
+    for kind in PROMPT_KINDS:
+        rows = [h["shape"] for h, k in zip(hits, kinds) if k == kind]
+        shape_by_kind[kind] = (sum(rows), len(rows))
     every = sum(all(h.values()) for h in hits) / len(hits)
     fresh = make_dataset(2000, seed=seed + 77, config=world)
     fresh_images = to_float_images(fresh.images)
@@ -138,7 +172,7 @@ def measure_quality(
     model.generate(cond, sampler, seed=0)
     seconds = time.perf_counter() - started
     return QualityReport(
-        agreement, counts, every,
+        correct, counts, shape_by_kind, every,
         detector_accuracy(detector, fresh_images, fresh.labels), detector_accuracy(detector, reconstructed, fresh.labels),
         seconds, ceilings, len(two_objects),
     )

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from varerase.models.infinity.transformer import InfinityConfig, InfinityTransfo
 from varerase.models.infinity.vae import BitwiseVAE, BitwiseVAEConfig, tiny_vae_config
 from varerase.models.text import load_minilm
 from varerase.runtime.progress import progress_bar
+from varerase.tiny.train_state import STATE_FOLDER, SavedTraining, TransformerProgress, load_training_state, save_training_state
 from varerase.training.trainer import seed_everything
 
 TINY_SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (8, 8)]
@@ -186,9 +188,16 @@ def train_transformer(
     captions: list[str],
     config: TinyTrainingConfig,
     progress: bool = True,
+    resume_from: TransformerProgress | None = None,
+    on_checkpoint: Callable[[TransformerProgress], object] | None = None,
+    checkpoint_every: int = 200,
 ) -> dict:
     """Phase 3: teacher-forced bitwise CE with condition dropout. Trains ``model.transformer`` in place,
-    on the model's device; ``maps`` (uint8 ``[N, h, w, d]`` per scale) stay on the CPU and go over per batch."""
+    on the model's device; ``maps`` (uint8 ``[N, h, w, d]`` per scale) stay on the CPU and go over per batch.
+
+    ``resume_from`` continues a phase saved part-way: from its weights, optimiser and generator
+    states, the same steps follow as without the break. ``on_checkpoint`` receives the phase's
+    progress every ``checkpoint_every`` steps (not after the last one)."""
     transformer = model.transformer
     device = model.device
     transformer.train().requires_grad_(True)
@@ -200,9 +209,15 @@ def train_transformer(
     )
     generator = torch.Generator().manual_seed(config.seed + 1)
     losses: list[float] = []
+    if resume_from is not None:
+        transformer.load_state_dict(resume_from.weights)
+        optimizer.load_state_dict(resume_from.optimizer)
+        generator.set_state(resume_from.generator)
+        torch.set_rng_state(resume_from.torch_rng)
+        losses = list(resume_from.losses)
     with progress_bar(progress, with_info=True) as bar:
-        task = bar.add_task("transformer", total=config.transformer_steps, info="")
-        for step in range(config.transformer_steps):
+        task = bar.add_task("transformer", total=config.transformer_steps, completed=len(losses), info="")
+        for step in range(len(losses), config.transformer_steps):
             _set_learning_rate(optimizer, config.transformer_lr, step, config.transformer_steps, config.transformer_warmup)
             index = torch.randint(len(captions), (config.transformer_batch,), generator=generator)
             batch_maps = [m[index].to(device).long() for m in maps]
@@ -221,6 +236,8 @@ def train_transformer(
             optimizer.step()
             losses.append(loss.item())
             bar.update(task, advance=1, info=f"bit-CE={loss.item():.4f}")
+            if on_checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.transformer_steps:
+                on_checkpoint(TransformerProgress(transformer.state_dict(), optimizer.state_dict(), generator.get_state(), torch.get_rng_state(), losses))
     transformer.eval().requires_grad_(False)
     return {"final_bit_ce": float(np.mean(losses[-50:]))}
 
@@ -260,41 +277,98 @@ def train_detector(
     )
 
 
-def train_tiny(out_dir: str | Path, config: TinyTrainingConfig | None = None, progress: bool = True, device: torch.device | str = "cpu") -> dict:
+def train_tiny(
+    out_dir: str | Path, config: TinyTrainingConfig | None = None, progress: bool = True, device: torch.device | str = "cpu",
+    resume: bool = False, checkpoint_every: int = 200,
+) -> dict:
     """Run all phases on ``device`` and write the model folder (``config.json``, ``transformer.safetensors``,
-    ``vae.safetensors``, ``detector.safetensors``, ``training.json``). Returns the training metrics."""
+    ``vae.safetensors``, ``detector.safetensors``, ``training.json``). Returns the training metrics.
+
+    Resumable: ``out_dir/state/`` keeps the finished phases and, every ``checkpoint_every`` steps,
+    the transformer's progress (:mod:`varerase.tiny.train_state`); ``resume=True`` continues from
+    it with the same config and device kind, to the same weights as a run without a break (the
+    world's images are drawn again from the seed). The state is removed once the folder is written.
+    A folder with a state and ``resume=False``, or with a finished model and ``resume=True``, is a ConfigError.
+    """
     config = config or TinyTrainingConfig()
     out_dir = Path(out_dir)
     console = Console(quiet=not progress)
     seed_everything(config.seed)
-    timings: dict[str, float] = {}
-    metrics: dict = {"config": asdict(config)}
+    record = {"config": json.loads(json.dumps(asdict(config))), "device": torch.device(device).type, "metrics": {}, "seconds": {}}
+    saved = _saved_training(out_dir, record, resume, BitwiseVAE(config.tokenizer), device)
+    if saved is not None:
+        record = {**saved.progress, "resumes": saved.progress.get("resumes", 0) + 1}
+        record.pop("losses")
+        step = len(saved.transformer.losses) if saved.transformer else 0
+        console.print(f"resuming {out_dir}: {', '.join(record['metrics'])} done, the transformer at step {step}")
+    metrics, seconds = record["metrics"], record["seconds"]
 
     start = time.perf_counter()
     world = make_dataset(config.train_images, seed=config.seed, split="train", config=config.world)
-    timings["data"] = time.perf_counter() - start
-    console.print(f"world: {len(world.captions)} captioned images in {timings['data']:.1f} s")
+    seconds.setdefault("data", round(time.perf_counter() - start, 1))
+    console.print(f"world: {len(world.captions)} captioned images in {time.perf_counter() - start:.1f} s")
 
-    start = time.perf_counter()
-    vae, metrics["tokenizer"] = train_tokenizer(world.images, config, progress, device)
-    timings["tokenizer"] = time.perf_counter() - start
-    console.print(f"tokenizer: PSNR {metrics['tokenizer']['val_psnr_db']:.1f} dB in {timings['tokenizer']:.0f} s")
+    if saved is not None:
+        vae = saved.vae
+    else:
+        start = time.perf_counter()
+        vae, metrics["tokenizer"] = train_tokenizer(world.images, config, progress, device)
+        seconds["tokenizer"] = round(time.perf_counter() - start, 1)
+        console.print(f"tokenizer: PSNR {metrics['tokenizer']['val_psnr_db']:.1f} dB in {seconds['tokenizer']:.0f} s")
+        save_training_state(out_dir, record, vae)
 
-    start = time.perf_counter()
-    detector, metrics["detector"] = train_detector(world, vae, config, progress, device)
-    timings["detector"] = time.perf_counter() - start
-    console.print(f"detector: {metrics['detector']} in {timings['detector']:.0f} s")
+    if saved is not None and saved.detector is not None:
+        detector = saved.detector
+    else:
+        start = time.perf_counter()
+        detector, metrics["detector"] = train_detector(world, vae, config, progress, device)
+        detector = detector.to("cpu")  # from here on it is only saved
+        seconds["detector"] = round(time.perf_counter() - start, 1)
+        console.print(f"detector: {metrics['detector']} in {seconds['detector']:.0f} s")
+        save_training_state(out_dir, record, vae, detector)
 
-    start = time.perf_counter()
+    start, earlier = time.perf_counter(), seconds.get("transformer", 0.0)
     maps = encode_dataset(vae, world.images)
     model = new_tiny_model(config, vae, device)
-    metrics["transformer"] = train_transformer(model, maps, world.captions, config, progress)
-    timings["transformer"] = time.perf_counter() - start
-    console.print(f"transformer: bit-CE {metrics['transformer']['final_bit_ce']:.4f} in {timings['transformer']:.0f} s")
+
+    def checkpoint(transformer: TransformerProgress) -> None:
+        seconds["transformer"] = round(earlier + time.perf_counter() - start, 1)
+        save_training_state(out_dir, record, vae, detector, transformer)
+
+    metrics["transformer"] = train_transformer(
+        model, maps, world.captions, config, progress, saved.transformer if saved else None, checkpoint, checkpoint_every
+    )
+    seconds["transformer"] = round(earlier + time.perf_counter() - start, 1)
+    console.print(f"transformer: bit-CE {metrics['transformer']['final_bit_ce']:.4f} in {seconds['transformer']:.0f} s")
 
     model.to("cpu").save_pretrained(out_dir)
-    detector.to("cpu").save(out_dir / "detector.safetensors")
-    metrics["device"] = torch.device(device).type  # the kind only: a GPU's kernels give other weights than the CPU's
-    metrics["seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    atomic_write_json(metrics, out_dir / "training.json")
-    return metrics
+    detector.save(out_dir / "detector.safetensors")
+    # device: the kind only, since a GPU's kernels give other weights than the CPU's
+    training = {"config": asdict(config), **metrics, "device": record["device"], "seconds": seconds}
+    if "resumes" in record:
+        training["resumes"] = record["resumes"]
+    atomic_write_json(training, out_dir / "training.json")
+    shutil.rmtree(out_dir / STATE_FOLDER, ignore_errors=True)
+    return training
+
+
+def _saved_training(out_dir: Path, record: dict, resume: bool, vae: BitwiseVAE, device: torch.device | str) -> SavedTraining | None:
+    """The state a run continues from (None: start afresh), after the checks of :func:`train_tiny`'s docstring."""
+    has_state = (out_dir / STATE_FOLDER).is_dir()
+    if not resume:
+        if has_state:
+            raise ConfigError(f"{out_dir} holds an unfinished train-tiny ({STATE_FOLDER}/); pass --resume to continue it or choose another --out")
+        return None
+    if not has_state:
+        if (out_dir / "training.json").exists():
+            raise ConfigError(f"{out_dir} holds a finished model, nothing to resume; choose another --out")
+        return None
+    saved = load_training_state(out_dir, vae, device)
+    if saved is None:
+        return None
+    if saved.progress.get("device") != record["device"]:
+        raise ConfigError(f"{out_dir} was started on {saved.progress.get('device')}, not {record['device']}; resume it there or choose another --out")
+    changed = sorted(key for key, value in record["config"].items() if saved.progress.get("config", {}).get(key) != value)
+    if changed:
+        raise ConfigError(f"{out_dir} was started with other settings ({', '.join(changed)}); resume with the same ones or choose another --out")
+    return saved
