@@ -16,7 +16,7 @@ from varerase.data.world_rendering import WorldConfig
 from varerase.errors import ConfigError
 from varerase.models.infinity.vae import tiny_vae_config
 from varerase.models.registry import load_model
-from varerase.tiny.train import TINY_SCHEDULE, TinyTrainingConfig, tiny_training_config, tiny_transformer_config, train_tiny, trained_world
+from varerase.tiny.train import TINY_SCHEDULE, UNRECORDED_WORLD, TinyTrainingConfig, tiny_training_config, tiny_transformer_config, train_tiny, trained_world
 
 QUICK = TinyTrainingConfig(train_images=600, tokenizer_steps=4, tokenizer_batch=16, detector_steps=4, transformer_steps=3, transformer_batch=8)
 
@@ -122,6 +122,10 @@ def test_the_world_setting_draws_the_training_images_and_the_quality_table_uses_
     train_tiny(tmp_path / "m", dataclasses.replace(QUICK, world=world), progress=False)
     assert drawn == [world] and trained_world(tmp_path / "m") == world
     assert trained_world(tmp_path) == WorldConfig()  # no training.json: the default world
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "training.json").write_text(json.dumps({"config": {"seed": 0}}))  # written before the world was recorded
+    old = trained_world(tmp_path / "old")
+    assert old == UNRECORDED_WORLD and (old.min_pair_radius, old.max_pair_radius, old.two_object_fraction) == (0.18, 0.23, 0.3)
     monkeypatch.setattr(varerase.tiny.quality, "measure_quality", lambda model, detector, **kwargs: measured.append(kwargs["world"]))
     ve.quality(str(tmp_path / "m"))
     ve.quality("tiny")

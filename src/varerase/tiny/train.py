@@ -242,13 +242,20 @@ def train_transformer(
     return {"final_bit_ce": float(np.mean(losses[-50:]))}
 
 
+# The world of train-tiny folders written before training.json recorded one (the shipped model's
+# among them): spelt out, so that they keep it when WorldConfig's defaults change.
+UNRECORDED_WORLD = WorldConfig(min_pair_radius=0.18, max_pair_radius=0.23, two_object_fraction=0.3)
+
+
 def trained_world(folder: str | Path) -> WorldConfig:
     """The ``WorldConfig`` that the ``train-tiny`` folder's images were drawn with, read from its
-    ``training.json``; the default world where the file or its record is missing (folders
-    written before ``world`` was a setting)."""
+    ``training.json``: ``UNRECORDED_WORLD`` where the file has no ``world`` record (written before
+    ``world`` was a setting), the default world where there is no such file (not a ``train-tiny`` folder)."""
     record = Path(folder) / "training.json"
-    settings = json.loads(record.read_text()).get("config", {}).get("world") if record.is_file() else None
-    return WorldConfig() if settings is None else dataclass_from_dict(WorldConfig, settings, f"{record.name}: world")
+    if not record.is_file():
+        return WorldConfig()
+    settings = json.loads(record.read_text()).get("config", {}).get("world")
+    return UNRECORDED_WORLD if settings is None else dataclass_from_dict(WorldConfig, settings, f"{record.name}: world")
 
 
 def new_tiny_model(config: TinyTrainingConfig, vae: BitwiseVAE, device: torch.device | str = "cpu") -> InfinityModel:
