@@ -4,8 +4,8 @@ Trains built-in transformers from scratch (``train-tiny``'s transformer phase, s
 shipped tokenizer's maps of the same 30,000 world images) for each STEPSxWIDTH run, and prints
 "both objects right" on the quality table's 72 held-out two-object prompts (the same 144 images'
 seeds as ``benchmarks/tiny_quality.py``), with the final bit CE and the training time, beside the
-shipped model (4,000 steps at width 128). It answers whether a longer or a wider transformer is
-what the two-object bar needs.
+shipped model (its steps and width are ``tiny_training_config``'s defaults, the shipped run's). It
+answers whether a longer or a wider transformer is what the two-object bar needs.
 
 Usage: python benchmarks/tiny_learning_curve.py [--device cuda] [--runs 1000x128,1000x192]
 """
@@ -50,8 +50,9 @@ def main() -> None:
         torch.set_num_threads(2)
     detector = load_world_detector()
     shipped = load_model("tiny", device=args.device)
-    rows = [("shipped", 4000, 128, sum(p.numel() for p in shipped.transformer.parameters()), "–", "–", both_objects_right(shipped, detector))]
     config = tiny_training_config()
+    shipped_size = (config.transformer_steps, config.transformer.width, sum(p.numel() for p in shipped.transformer.parameters()))
+    rows = [("shipped", *shipped_size, "–", "–", both_objects_right(shipped, detector))]
     world = make_dataset(config.train_images, seed=config.seed, split="train", config=WorldConfig(seed=config.seed))
     maps = encode_dataset(shipped.vae, world.images)
     for run in args.runs.split(","):

@@ -152,9 +152,9 @@ def test_objects_stay_inside_the_image_and_two_never_overlap():
         else:
             left, right = scene.objects
             assert left.x + left.size <= 16 <= right.x - right.size  # each inside its half
-            assert 5.7 <= min(left.size, right.size) and max(left.size, right.size) <= 7.4
+            assert 6.7 <= min(left.size, right.size) and max(left.size, right.size) <= 7.9
             assert left.shape != right.shape and left.colour != right.colour
-    assert 0.2 < np.mean([len(s.objects) == 2 for s in scenes]) < 0.4
+    assert 0.4 < np.mean([len(s.objects) == 2 for s in scenes]) < 0.6
 
 
 def test_every_style_changes_the_whole_image_in_its_own_way():

@@ -768,7 +768,7 @@ def _model_world(model: str | ScaleWiseModel):
 
 @checked_arguments
 def train_tiny(
-    *, out: str | Path, seed: int = 0, transformer_steps: int = 4000, quick: bool = False,
+    *, out: str | Path, seed: int = 0, transformer_steps: int = 5000, quick: bool = False,
     settings: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True, resume: bool = False,
 ):
     """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out`` on ``device``;

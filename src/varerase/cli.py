@@ -356,12 +356,12 @@ def benchmark(
 def train_tiny(
     out: Path = typer.Option(..., "--out", help="Folder for the trained model (load it with --model DIR)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the whole pipeline."),
-    transformer_steps: int = typer.Option(4000, "--transformer-steps", help="Transformer training steps."),
+    transformer_steps: int = typer.Option(5000, "--transformer-steps", help="Transformer training steps."),
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
     settings: list[str] = typer.Option(
         [], "--set",
         help="Any training setting as KEY=VALUE, dotted for the networks' and the world's (e.g. --set transformer.width=256 "
-        "--set tokenizer_steps=2400 --set detector.learning_rate=1e-3 --set world.two_object_fraction=0.5); repeatable; "
+        "--set tokenizer_steps=2400 --set detector.learning_rate=1e-3 --set world.two_object_fraction=0.4); repeatable; "
         "wins over --seed and --transformer-steps.",
     ),
     device: str = typer.Option("cpu", "--device", help="torch device to train on, e.g. cpu or cuda (the quality table runs on the CPU)."),

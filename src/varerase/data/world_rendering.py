@@ -59,10 +59,12 @@ class WorldConfig:
     """How world images are drawn and which seed ``make_dataset`` uses by default.
 
     Object radii are fractions of ``image_size`` (0.28–0.41 is 9–13 px at 32 px; a pair's
-    0.18–0.23 is 5.8–7.4 px); an object's centre is drawn so that the whole object stays inside
-    the image (a pair's: inside its half) at any rotation. ``two_object_fraction`` of the scenes
-    ``sample_scenes`` draws have two objects and ``styled_fraction`` a style other than
-    unstyled, each style equally often.
+    0.21–0.245 is 6.7–7.8 px, close to the 8 px a 16 px half holds); an object's centre is drawn
+    so that the whole object stays inside the image (a pair's: inside its half) at any rotation.
+    ``two_object_fraction`` of the scenes ``sample_scenes`` draws have two objects and
+    ``styled_fraction`` a style other than unstyled, each style equally often. The defaults are
+    the shipped model's world; pairs smaller than 6.7 px came out as blobs whose shape neither
+    the tokenizer nor the transformer kept (``docs/results/world.md``).
     """
 
     seed: int = 0
@@ -70,10 +72,10 @@ class WorldConfig:
     supersample: int = 4
     min_radius: float = 0.28
     max_radius: float = 0.41
-    min_pair_radius: float = 0.18
-    max_pair_radius: float = 0.23
+    min_pair_radius: float = 0.21
+    max_pair_radius: float = 0.245
     max_rotation: float = 20.0  # degrees, either way
-    two_object_fraction: float = 0.3
+    two_object_fraction: float = 0.5
     styled_fraction: float = 0.4
 
     def __post_init__(self) -> None:
