@@ -768,24 +768,25 @@ def _model_world(model: str | ScaleWiseModel):
 
 @checked_arguments
 def train_tiny(
-    *, out: str | Path, seed: int = 0, transformer_steps: int = 5000, quick: bool = False,
+    *, out: str | Path, seed: int = 0, transformer_steps: int | None = None, quick: bool = False,
     settings: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True, resume: bool = False,
 ):
     """Retrain the built-in model (world, tokenizer, detector, transformer) into ``out`` on ``device``;
     returns ``(training metrics, quality report)``. ``quick``: a minute-long smoke run with tiny
     budgets (poor quality). ``settings``: :class:`varerase.tiny.train.TinyTrainingConfig` fields laid
     over those (dotted keys for the nested configs: ``transformer.width``); they win over
-    ``seed`` and ``transformer_steps``. ``resume``: continue an interrupted run in ``out`` (same
+    ``seed`` and ``transformer_steps`` (None: ``TinyTrainingConfig``'s, the shipped model's). ``resume``: continue an interrupted run in ``out`` (same
     settings and device kind) from its last saved state, to the same weights. The quality table
     is measured on the CPU."""
     from varerase.tiny.train import tiny_training_config
     from varerase.tiny.train import train_tiny as run_training
 
     check_seed(seed, "seed", count=3)  # the phases use seed, seed + 1, seed + 2
-    check_int(transformer_steps, "transformer_steps", 1)
+    if transformer_steps is not None:
+        check_int(transformer_steps, "transformer_steps", 1)
     device = check_device(device)
     quick_budgets = {"train_images": 2000, "tokenizer_steps": 50, "detector_steps": 50, "transformer_steps": 50}
-    budgets = quick_budgets if quick else {"transformer_steps": transformer_steps}
+    budgets = quick_budgets if quick else {} if transformer_steps is None else {"transformer_steps": transformer_steps}
     config = tiny_training_config(settings, seed=seed, **budgets)
     check_seed(config.seed, "seed", count=3)
     metrics = run_training(out, config, progress=progress, device=device, resume=resume)

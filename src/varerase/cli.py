@@ -356,7 +356,7 @@ def benchmark(
 def train_tiny(
     out: Path = typer.Option(..., "--out", help="Folder for the trained model (load it with --model DIR)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the whole pipeline."),
-    transformer_steps: int = typer.Option(5000, "--transformer-steps", help="Transformer training steps."),
+    transformer_steps: Optional[int] = typer.Option(None, "--transformer-steps", help="Transformer training steps (default: the shipped model's)."),
     quick: bool = typer.Option(False, "--quick", help="A minute-long smoke run with tiny budgets (poor quality)."),
     settings: list[str] = typer.Option(
         [], "--set",
